@@ -1,0 +1,50 @@
+"""``make dev``: the whole service on http://127.0.0.1:8080 until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+
+from .processes import REPO
+from .stack import LocalStack
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make dev", description=__doc__)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DEV_PORT", 8080)))
+    parser.add_argument("--emulator-port", type=int, default=int(os.environ.get("EMULATOR_PORT", 9023)))
+    parser.add_argument("--bucket", default=os.environ.get("DEV_BUCKET", "imgclassify-models"))
+    args = parser.parse_args(argv)
+
+    local = REPO / ".local"
+    (local / "logs").mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(bucket=args.bucket, router_port=args.port, emulator_port=args.emulator_port,
+                       data_dir=local / "gcs", log_dir=local / "logs")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        print(f"storage emulator on 127.0.0.1:{args.emulator_port} (data in .local/gcs)", flush=True)
+        stack.start_storage()
+        for function in ("classify", "list_models"):
+            print(f"starting {function} (logs in .local/logs/{function}.log)", flush=True)
+            stack.start_function(function)
+        stack.start_router()
+        print(f"""
+Serving on {stack.url}/  (Ctrl-C stops everything)
+
+  curl {stack.url}/v1/models
+  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {stack.url}/v1/models/efficientnet_lite0:classify
+""", flush=True)
+        stopping.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping…", flush=True)
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

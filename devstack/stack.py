@@ -1,0 +1,104 @@
+"""The whole local stack as one object: emulator, published models, both functions, router."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from werkzeug.serving import make_server
+
+from .emulator import StorageEmulator
+from .processes import REPO, free_port, spawn, stop, wait_until_answers
+from .router import Router
+
+FUNCTIONS = ("classify", "list_models")
+
+
+def function_command(function: str, port: int, source_dir: Path | None = None) -> list[str]:
+    """The functions-framework command that serves ``function`` on 127.0.0.1:``port``."""
+    source = (source_dir or REPO / "functions" / function) / "main.py"
+    executable = Path(sys.executable).with_name("functions-framework")
+    return [str(executable), "--target", function, "--source", str(source), "--host", "127.0.0.1",
+            "--port", str(port)]
+
+
+@dataclass
+class LocalStack:
+    """Starts what ``make dev`` and the integration tests need, on 127.0.0.1 only."""
+
+    bucket: str = "imgclassify-models"
+    router_port: int | None = None
+    emulator_port: int | None = None
+    data_dir: Path | None = None          # None: the emulator keeps everything in memory
+    log_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    bundled_models: list[str] | None = None   # None: all three
+
+    emulator: StorageEmulator | None = None
+    functions: dict[str, subprocess.Popen] = field(default_factory=dict)
+    function_urls: dict[str, str] = field(default_factory=dict)
+    _server: object = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.router_port}"
+
+    @property
+    def model_store(self) -> str:
+        return f"gs://{self.bucket}"
+
+    def env(self) -> dict[str, str]:
+        """What a function process needs to reach the emulator."""
+        return {"STORAGE_EMULATOR_HOST": self.emulator.url, "MODEL_STORE": self.model_store,
+                "GOOGLE_CLOUD_PROJECT": "local-dev", **self.extra_env}
+
+    def start_storage(self, log=print) -> None:
+        """Start the emulator, create the bucket and publish the bundled models that are missing."""
+        from imgclassify.publish import publish_bundled
+        from imgclassify.storage import open_store
+
+        log_path = self.log_dir / "emulator.log" if self.log_dir else None
+        self.emulator = StorageEmulator(self.emulator_port, self.data_dir, log_path).start()
+        os.environ["STORAGE_EMULATOR_HOST"] = self.emulator.url
+        self.emulator.create_bucket(self.bucket)
+        publish_bundled(open_store(self.model_store), self.bundled_models, log=log)
+
+    def start_function(self, function: str, env: dict[str, str] | None = None,
+                       source_dir: Path | None = None) -> str:
+        """Start ``function`` under functions-framework; return its URL once it answers."""
+        port = free_port()
+        output = open(self.log_dir / f"{function}.log", "ab") if self.log_dir else None
+        process = spawn(function_command(function, port, source_dir), env={**self.env(), **(env or {})},
+                        stdout=output, stderr=subprocess.STDOUT if output else None)
+        self.functions[function] = process
+        url = f"http://127.0.0.1:{port}"
+        wait_until_answers(url + "/", process, timeout=180)
+        self.function_urls[function] = url
+        return url
+
+    def start_router(self) -> None:
+        self.router_port = self.router_port or free_port()
+        router = Router(self.function_urls, REPO / "web")
+        self._server = make_server("127.0.0.1", self.router_port, router, threaded=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def start(self, log=print) -> LocalStack:
+        self.start_storage(log=log)
+        for function in FUNCTIONS:
+            self.start_function(function)
+        self.start_router()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        for process in self.functions.values():
+            stop(process)
+        self.functions.clear()
+        if self.emulator is not None:
+            self.emulator.stop()

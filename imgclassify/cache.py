@@ -1,0 +1,96 @@
+"""A warm, in-process LRU of loaded models, bounded by bytes, with single-flight loading.
+
+The cache knows nothing about storage: it calls an injected ``loader(key)`` and sizes
+values with ``size_of(value)``. Contract:
+
+* at most one load per key runs at a time; concurrent callers for that key wait for it
+  and share its result or its exception (single flight);
+* a failed load is not remembered: the next call tries again;
+* loads of different keys run in parallel (the lock is per key, not per cache);
+* after each load the least recently used entries are evicted until the total size fits
+  ``budget_bytes``; the entry just loaded is never evicted, so a model larger than the
+  budget is still served, alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+log = logging.getLogger(__name__)
+
+
+class ModelCache(Generic[K, V]):
+    def __init__(self, loader: Callable[[K], V], size_of: Callable[[V], int], budget_bytes: int) -> None:
+        self._loader = loader
+        self._size_of = size_of
+        self.budget_bytes = budget_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._loading: dict[K, Future] = {}
+        self.loads = 0
+
+    @property
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._entries.values())
+
+    def keys(self) -> list[K]:
+        """Cached keys, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def get(self, key: K) -> tuple[V, bool]:
+        """Return ``(value, cold)``; ``cold`` is True when this call had to wait for a load."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry[0], False
+            future = self._loading.get(key)
+            owner = future is None
+            if owner:
+                future = self._loading[key] = Future()
+        if not owner:
+            return future.result(), True
+        return self._load(key, future), True
+
+    def _load(self, key: K, future: Future) -> V:
+        started = time.perf_counter()
+        try:
+            value = self._loader(key)
+            size = self._size_of(value)
+        except BaseException as error:
+            with self._lock:
+                del self._loading[key]
+            future.set_exception(error)
+            raise
+        with self._lock:
+            del self._loading[key]
+            self._entries[key] = (value, size)
+            self.loads += 1
+            evicted = self._evict_over_budget(keep=key)
+        future.set_result(value)
+        log.info("loaded %s (%d bytes) in %.0f ms; evicted %s", key, size,
+                 (time.perf_counter() - started) * 1000, evicted or "nothing")
+        return value
+
+    def _evict_over_budget(self, keep: K) -> list[K]:
+        evicted = []
+        total = sum(size for _, size in self._entries.values())
+        for key in list(self._entries):
+            if total <= self.budget_bytes:
+                break
+            if key == keep:
+                continue
+            total -= self._entries.pop(key)[1]
+            evicted.append(key)
+        return evicted

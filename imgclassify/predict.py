@@ -1,0 +1,75 @@
+"""Preprocessing, the forward pass and top-k: the model's part of a request."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .catalog import Preprocessing
+
+_RESAMPLE = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+}
+# Beyond this aspect ratio only a central band can reach the crop; resizing the whole
+# strip would allocate a huge image for nothing.
+_MAX_ASPECT = 4.0
+
+
+def _central_band(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    if width > height * _MAX_ASPECT:
+        keep = int(height * _MAX_ASPECT)
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    if height > width * _MAX_ASPECT:
+        keep = int(width * _MAX_ASPECT)
+        top = (height - keep) // 2
+        return image.crop((0, top, width, top + keep))
+    return image
+
+
+def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """Resize the shorter side to ``spec.resize``, centre-crop ``spec.crop_size``, normalise.
+
+    Matches torchvision's ``Resize(int)`` + ``CenterCrop`` + ``ToTensor`` + ``Normalize``
+    on PIL images. Returns float32 CHW.
+    """
+    image = _central_band(image)
+    width, height = image.size
+    if width <= height:
+        size = (spec.resize, max(spec.crop_size, int(spec.resize * height / width)))
+    else:
+        size = (max(spec.crop_size, int(spec.resize * width / height)), spec.resize)
+    image = image.resize(size, _RESAMPLE[spec.interpolation])
+    left = int(round((size[0] - spec.crop_size) / 2.0))
+    top = int(round((size[1] - spec.crop_size) / 2.0))
+    image = image.crop((left, top, left + spec.crop_size, top + spec.crop_size))
+    pixels = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    inv_std = np.float32(1) / np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) * inv_std).transpose(2, 0, 1))
+
+
+def forward(module, batch: np.ndarray):
+    """Run ``module`` on an NCHW float32 batch and return softmax probabilities (a torch tensor)."""
+    import torch
+
+    with torch.inference_mode():
+        logits = module(torch.from_numpy(batch))
+        return torch.softmax(logits.float(), dim=1)
+
+
+def top_k(probabilities, labels: tuple[str, ...], k: int) -> list[list[dict]]:
+    """The ``k`` most likely labels of each row, most likely first."""
+    k = min(k, probabilities.shape[1])
+    scores, indices = probabilities.topk(k, dim=1)
+    return [
+        [
+            {"label": labels[index], "index": index, "score": round(score, 6)}
+            for score, index in zip(row_scores.tolist(), row_indices.tolist(), strict=False)
+        ]
+        for row_scores, row_indices in zip(scores, indices, strict=False)
+    ]

@@ -1,0 +1,146 @@
+"""Turning an HTTP classify request into a :class:`ClassifyRequest`, whatever its body type.
+
+Bodies: raw image bytes (``image/*`` or ``application/octet-stream``); ``multipart/form-data``
+with one or more ``image`` file fields; JSON ``{"instances": [{"b64"} | {"gcs_uri"} | {"url"}]}``.
+The model comes from the path, the ``model`` query parameter, or the body's ``model``
+field; ``top_k`` from the query or the body. Uses werkzeug's request object only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wrappers import Request
+
+from .errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 100
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image of a request: its bytes, or where to get them."""
+
+    data: bytes | None = None
+    gcs_uri: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    model: str | None
+    top_k: int
+    images: tuple[ImageInput, ...]
+
+
+def parse_top_k(value: Any) -> int:
+    """``top_k`` as an int in 1..100; strings of digits are accepted (query parameters)."""
+    if value is None:
+        return DEFAULT_TOP_K
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidRequest(f"top_k must be a whole number from 1 to {MAX_TOP_K}, found {value!r}",
+                             code="INVALID_TOP_K")
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidRequest(f"top_k must be a whole number from 1 to {MAX_TOP_K}, found {str(value)[:40]!r}",
+                             code="INVALID_TOP_K") from None
+    if not 1 <= number <= MAX_TOP_K:
+        raise InvalidRequest(f"top_k must be from 1 to {MAX_TOP_K}, found {number}", code="INVALID_TOP_K")
+    return number
+
+
+def _choose_model(path_model: str | None, query_model: str | None, body_model: Any) -> str | None:
+    given = [m for m in (path_model, query_model, body_model) if m not in (None, "")]
+    if body_model not in (None, "") and not isinstance(body_model, str):
+        raise InvalidRequest(f"model must be a string, found {type(body_model).__name__}", code="INVALID_MODEL_NAME")
+    if len(set(given)) > 1:
+        raise InvalidRequest(f"the request names different models: {', '.join(map(str, given))}",
+                             code="CONFLICTING_MODEL")
+    return given[0] if given else None
+
+
+def _instance(index: int, item: Any) -> ImageInput:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"instances[{index}] must be an object, found {type(item).__name__}")
+    keys = [key for key in ("b64", "gcs_uri", "url") if key in item]
+    if len(keys) != 1:
+        raise InvalidRequest(f"instances[{index}] needs exactly one of b64, gcs_uri or url")
+    value = item[keys[0]]
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"instances[{index}].{keys[0]} must be a non-empty string")
+    if keys[0] == "b64":
+        try:
+            return ImageInput(data=base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(f"instances[{index}].b64 is not valid base64", code="INVALID_BASE64") from None
+    if keys[0] == "gcs_uri":
+        if not value.startswith("gs://"):
+            raise InvalidRequest(f"instances[{index}].gcs_uri must start with gs://")
+        return ImageInput(gcs_uri=value)
+    return ImageInput(url=value)
+
+
+def _parse_json(body: bytes) -> tuple[list[ImageInput], Any, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the body is not valid JSON", code="INVALID_JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest(f"the JSON body must be an object, found {type(payload).__name__}")
+    instances = payload.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise InvalidRequest('the JSON body needs "instances": a non-empty list of {"b64"}, {"gcs_uri"} or {"url"}')
+    return [_instance(i, item) for i, item in enumerate(instances)], payload.get("model"), payload.get("top_k")
+
+
+def parse_classify_request(request: Request, *, path_model: str | None, max_bytes: int,
+                           max_images: int) -> ClassifyRequest:
+    """Parse and validate a classify request; raise 400, 413 or 415 service errors."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"the body has {request.content_length} bytes; the limit is {max_bytes}")
+    request.max_content_length = max_bytes
+    mimetype = request.mimetype
+    body_model = body_top_k = None
+    try:
+        if mimetype == "multipart/form-data":
+            images = [ImageInput(data=part.read()) for part in request.files.getlist("image")]
+            if not images:
+                raise InvalidRequest('the multipart body has no "image" file field', code="MISSING_IMAGE")
+            body_model, body_top_k = request.form.get("model"), request.form.get("top_k")
+        else:
+            body = request.get_data(cache=False)
+            if len(body) > max_bytes:
+                raise PayloadTooLarge(f"the body has more than {max_bytes} bytes")
+            if not body:
+                raise InvalidRequest("the request body is empty; send an image", code="EMPTY_BODY")
+            if mimetype == "application/json":
+                images, body_model, body_top_k = _parse_json(body)
+            elif mimetype.startswith("image/") or mimetype == "application/octet-stream":
+                images = [ImageInput(data=body)]
+            else:
+                raise UnsupportedMediaType(
+                    f"content type {mimetype or '(none)'!r} is not accepted; send image/*, "
+                    "application/octet-stream, multipart/form-data or application/json"
+                )
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(f"the body has more than {max_bytes} bytes") from None
+    except HTTPException as error:
+        raise InvalidRequest(f"the body cannot be parsed: {error.description}") from None
+    if len(images) > max_images:
+        raise PayloadTooLarge(f"the request has {len(images)} images; the limit is {max_images}",
+                              code="TOO_MANY_IMAGES")
+    query_top_k = request.args.get("top_k")
+    if query_top_k is not None and body_top_k is not None and str(query_top_k) != str(body_top_k):
+        raise InvalidRequest("top_k is given twice with different values", code="INVALID_TOP_K")
+    return ClassifyRequest(
+        model=_choose_model(path_model, request.args.get("model"), body_model),
+        top_k=parse_top_k(body_top_k if body_top_k is not None else query_top_k),
+        images=tuple(images),
+    )

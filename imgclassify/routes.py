@@ -1,0 +1,45 @@
+"""The public routes of the HTTP contract, and which function serves each.
+
+The functions, the local router and the gateway spec all follow this one table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Route:
+    function: str          # "classify" or "list_models"
+    method: str
+    template: str          # as in the gateway spec, e.g. /v1/models/{name}:classify
+    operation: str
+
+    @property
+    def pattern(self) -> re.Pattern:
+        return re.compile(re.escape(self.template).replace(r"\{name\}", "(?P<name>[^/]+)") + "$")
+
+
+# Order matters: ":classify" must be tried before the plain model route.
+ROUTES = (
+    Route("list_models", "GET", "/v1/models", "listModels"),
+    Route("classify", "POST", "/v1/models/{name}:classify", "classifyWithModel"),
+    Route("list_models", "GET", "/v1/models/{name}", "getModel"),
+    Route("classify", "POST", "/v1/classify", "classify"),
+)
+
+# A function called on its own URL (no gateway path) does its main job.
+ROOT_ROUTES = {
+    "classify": Route("classify", "POST", "/", "classify"),
+    "list_models": Route("list_models", "GET", "/", "listModels"),
+}
+
+
+def match(path: str) -> tuple[Route, dict[str, str]] | None:
+    """The route whose template matches ``path``, with its parameters, or None."""
+    for route in ROUTES:
+        found = route.pattern.match(path)
+        if found:
+            return route, found.groupdict()
+    return None

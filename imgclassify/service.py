@@ -1,0 +1,120 @@
+"""The service's operations, free of any web framework: list models, describe one, classify.
+
+Functions' ``main.py``, the local router, the batch job and the tests all call these.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .catalog import read_manifest
+from .errors import ForbiddenSource, PayloadTooLarge, ServiceError
+from .images import decode_image
+from .registry import ModelRegistry
+from .request_parsing import ClassifyRequest, ImageInput
+from .settings import Settings
+from .storage import GcsStore, ObjectStore, open_store, split_gs_uri
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: ObjectStore
+    registry: ModelRegistry
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Service:
+        store = open_store(settings.model_store, **_gcs_options(settings))
+        registry = ModelRegistry(
+            store,
+            cache_budget_bytes=settings.cache_budget_bytes,
+            catalog_ttl_seconds=settings.catalog_ttl_seconds,
+            default_model=settings.default_model,
+        )
+        return cls(settings, store, registry)
+
+    # --- listing -----------------------------------------------------------------------
+
+    def list_models(self) -> dict:
+        """``GET /v1/models``: the latest version of every published model."""
+        catalog = self.registry.catalog()
+        default = self.settings.default_model or catalog.default_name()
+        models = [{**row, "default": row["name"] == default} for row in catalog.listing()]
+        return {"models": models, "default_model": default}
+
+    def describe_model(self, name: str) -> dict:
+        """``GET /v1/models/{name}``: the latest manifest's summary, labels, preprocessing and all versions."""
+        name, version = self.registry.resolve(name)
+        catalog = self.registry.catalog()
+        manifest = read_manifest(self.store, name, version)
+        entry = catalog.models[name]
+        return {
+            **manifest.summary(),
+            "default": name == (self.settings.default_model or catalog.default_name()),
+            "labels": list(manifest.labels),
+            "preprocessing": manifest.to_json()["preprocessing"],
+            "metadata": manifest.metadata,
+            "versions": [entry["versions"][key] for key in sorted(entry["versions"])],
+            "latest": entry["latest"],
+        }
+
+    # --- classification ----------------------------------------------------------------
+
+    def fetch(self, image: ImageInput) -> bytes:
+        """The bytes of one input image, from the request itself or an allowed bucket."""
+        if image.data is not None:
+            return image.data
+        if image.gcs_uri is not None:
+            bucket, name = split_gs_uri(image.gcs_uri)
+            if bucket not in self.settings.allowed_gcs_buckets:
+                raise ForbiddenSource(f"bucket {bucket!r} is not one this service may read from")
+            store = GcsStore(bucket, **_gcs_options(self.settings))
+            info = store.info(name)
+            if info is not None and info.size > self.settings.max_request_bytes:
+                raise PayloadTooLarge(f"{image.gcs_uri} has {info.size} bytes; the limit is "
+                                      f"{self.settings.max_request_bytes}")
+            return store.read(name).data
+        raise ForbiddenSource("URL input is not enabled on this deployment; upload the image or use gcs_uri")
+
+    def classify(self, request: ClassifyRequest) -> dict:
+        """Classify every image of ``request`` with one model, as one batch, in input order."""
+        started = time.perf_counter()
+        model, cold = self.registry.get(request.model)
+        loaded = time.perf_counter()
+        spec = model.manifest.preprocessing
+        inputs = []
+        for index, image in enumerate(request.images):
+            try:
+                data = self.fetch(image)
+                decoded = decode_image(data, max_pixels=self.settings.max_image_pixels, min_side=spec.resize)
+                inputs.append(model.preprocess(decoded))
+            except ServiceError as error:
+                if len(request.images) > 1:
+                    error.message = f"image {index}: {error.message}"
+                    error.args = (error.message,)
+                raise
+        prepared = time.perf_counter()
+        predictions = model.classify(inputs, request.top_k)
+        finished = time.perf_counter()
+        return {
+            "model": {"name": model.manifest.name, "version": model.manifest.version,
+                      "random_init": model.manifest.random_init},
+            "results": [{"predictions": rows} for rows in predictions],
+            "cold_start": cold,
+            "timing_ms": {
+                "model_load": round((loaded - started) * 1000, 1),
+                "decode_preprocess": round((prepared - loaded) * 1000, 1),
+                "inference": round((finished - prepared) * 1000, 1),
+                "total": round((finished - started) * 1000, 1),
+            },
+        }
+
+
+def _gcs_options(settings: Settings) -> dict:
+    return {
+        "timeout_seconds": settings.storage_timeout_seconds,
+        "retry_seconds": settings.storage_retry_seconds,
+        "slice_bytes": settings.download_slice_bytes,
+        "workers": settings.download_workers,
+    }

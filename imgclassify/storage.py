@@ -1,0 +1,341 @@
+"""Object storage: Cloud Storage buckets and plain local directories behind one interface.
+
+``gs://bucket[/prefix]`` goes through the official ``google-cloud-storage`` client (which
+honours ``STORAGE_EMULATOR_HOST``); any other location is a local directory, handy for
+quick experiments. Both offer generation preconditions, so publishers can compare-and-swap
+the catalog, and both turn transport failures into :class:`StorageUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import io
+import os
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ForbiddenSource, NotFound, PublishError, StorageUnavailable
+
+
+class ObjectNotFound(NotFound):
+    """The named object does not exist."""
+
+    code = "OBJECT_NOT_FOUND"
+
+
+class GenerationMismatch(PublishError):
+    """A write's precondition failed: somebody else wrote the object first."""
+
+    code = "GENERATION_MISMATCH"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    data: bytes
+    generation: int
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    generation: int
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """Split ``gs://bucket/name`` into ``(bucket, name)``; raise ValueError if it is not one."""
+    if not uri.startswith("gs://"):
+        raise ValueError(f"expected a gs:// URI, found {uri!r}")
+    bucket, _, name = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"a gs:// URI needs a bucket, found {uri!r}")
+    return bucket, name
+
+
+class ObjectStore(ABC):
+    """A flat namespace of immutable-or-versioned objects, addressed by ``/``-separated names."""
+
+    uri: str
+
+    @abstractmethod
+    def read(self, name: str) -> StoredObject:
+        """Return the object's bytes and generation; raise ObjectNotFound if missing."""
+
+    @abstractmethod
+    def info(self, name: str) -> ObjectInfo | None:
+        """Return size and generation, or None if the object does not exist."""
+
+    @abstractmethod
+    def write(self, name: str, data: bytes, *, if_generation_match: int | None = None,
+              progress: Callable[[int], object] | None = None) -> int:
+        """Write ``data``; ``if_generation_match=0`` means "only if absent". Returns the new generation.
+
+        ``progress(n)`` is called as bytes are sent.
+        """
+
+    @abstractmethod
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        """Delete the object; a missing object is not an error."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Names under ``prefix``, sorted."""
+
+    def download(self, name: str, *, progress=None) -> bytes:
+        """Read a possibly large object, in parallel where the backend can. ``progress(n)`` counts bytes."""
+        data = self.read(name).data
+        if progress:
+            progress(len(data))
+        return data
+
+
+class LocalStore(ObjectStore):
+    """Objects as files below a directory. Generations are file modification times in ns."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
+        self._lock = threading.Lock()
+
+    def _path(self, name: str) -> Path:
+        parts = name.split("/")
+        if not name or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"invalid object name {name!r}")
+        return self.root.joinpath(*parts)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # A process-wide file lock makes check-then-write atomic across publishers.
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.root / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def read(self, name: str) -> StoredObject:
+        path = self._path(name)
+        try:
+            with open(path, "rb") as handle:
+                generation = os.fstat(handle.fileno()).st_mtime_ns
+                return StoredObject(handle.read(), generation)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(f"{self.uri}/{name} does not exist") from None
+
+    def info(self, name: str) -> ObjectInfo | None:
+        try:
+            stat = self._path(name).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return ObjectInfo(stat.st_size, stat.st_mtime_ns)
+
+    def _check(self, name: str, if_generation_match: int | None) -> None:
+        if if_generation_match is None:
+            return
+        current = self.info(name)
+        found = current.generation if current else 0
+        if found != if_generation_match:
+            raise GenerationMismatch(
+                f"{self.uri}/{name}: expected generation {if_generation_match}, found {found}"
+            )
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int | None = None,
+              progress: Callable[[int], object] | None = None) -> int:
+        path = self._path(name)
+        with self._exclusive():
+            self._check(name, if_generation_match)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+                if progress:
+                    progress(len(data))
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            return path.stat().st_mtime_ns
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        with self._exclusive():
+            self._check(name, if_generation_match)
+            with contextlib.suppress(FileNotFoundError):
+                self._path(name).unlink()
+
+    def list(self, prefix: str) -> list[str]:
+        if not self.root.exists():
+            return []
+        names = (
+            path.relative_to(self.root).as_posix()
+            for path in self.root.rglob("*")
+            if path.is_file() and not path.name.startswith(".")
+        )
+        return sorted(name for name in names if name.startswith(prefix))
+
+
+class _CountingReader(io.BytesIO):
+    """A file over ``data`` that reports each read to ``progress`` (for upload progress bars)."""
+
+    def __init__(self, data: bytes, progress: Callable[[int], object] | None) -> None:
+        super().__init__(data)
+        self._progress = progress
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        if self._progress and chunk:
+            self._progress(len(chunk))
+        return chunk
+
+
+@functools.lru_cache(maxsize=1)
+def _storage_client():
+    # Imported here: only gs:// stores pay for the client library.
+    from google.cloud import storage
+
+    return storage.Client()
+
+
+def _reset_client_after_fork() -> None:
+    # Connections pooled by the parent must not be shared with a forked worker.
+    _storage_client.cache_clear()
+
+
+os.register_at_fork(after_in_child=_reset_client_after_fork)
+
+
+@contextlib.contextmanager
+def _translated_errors(uri: str) -> Iterator[None]:
+    """Turn the client library's exceptions into the service's own."""
+    from google.api_core import exceptions as gexc
+    from requests import exceptions as rexc
+
+    try:
+        yield
+    except gexc.NotFound:
+        raise ObjectNotFound(f"{uri} does not exist") from None
+    except gexc.PreconditionFailed:
+        raise GenerationMismatch(f"{uri} was changed by somebody else") from None
+    except gexc.Forbidden:
+        raise ForbiddenSource(f"the service may not read {uri}") from None
+    except (gexc.RetryError, gexc.ServerError, gexc.TooManyRequests, rexc.RequestException,
+            ConnectionError, TimeoutError) as error:
+        raise StorageUnavailable(f"Cloud Storage did not answer for {uri}: {type(error).__name__}") from None
+
+
+class GcsStore(ObjectStore):
+    """Objects in a Cloud Storage bucket, below an optional prefix."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, timeout_seconds: float = 30.0,
+                 retry_seconds: float = 10.0, slice_bytes: int = 8 * 2**20, workers: int = 8) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        self.bucket_name = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.uri = f"gs://{bucket}/{self.prefix}".rstrip("/")
+        self.timeout = timeout_seconds
+        # Transient errors (connection resets, 429, 5xx) are retried with exponential backoff
+        # for at most retry_seconds, then reported as 503 so the caller can come back later.
+        self.retry = DEFAULT_RETRY.with_timeout(retry_seconds)
+        self.slice_bytes = slice_bytes
+        self.workers = workers
+
+    def _blob(self, name: str, generation: int | None = None):
+        bucket = _storage_client().bucket(self.bucket_name)
+        return bucket.blob(self.prefix + name, generation=generation)
+
+    def _uri(self, name: str) -> str:
+        return f"gs://{self.bucket_name}/{self.prefix}{name}"
+
+    def read(self, name: str) -> StoredObject:
+        blob = self._blob(name)
+        with _translated_errors(self._uri(name)):
+            data = blob.download_as_bytes(retry=self.retry, timeout=self.timeout)
+        return StoredObject(data, int(blob.generation or 0))
+
+    def info(self, name: str) -> ObjectInfo | None:
+        bucket = _storage_client().bucket(self.bucket_name)
+        with _translated_errors(self._uri(name)):
+            blob = bucket.get_blob(self.prefix + name, retry=self.retry, timeout=self.timeout)
+        if blob is None:
+            return None
+        return ObjectInfo(int(blob.size), int(blob.generation))
+
+    def download(self, name: str, *, progress=None) -> bytes:
+        """Download in parallel ranged slices, all pinned to one generation, into one buffer."""
+        info = self.info(name)
+        if info is None:
+            raise ObjectNotFound(f"{self._uri(name)} does not exist")
+        if info.size <= self.slice_bytes:
+            blob = self._blob(name, info.generation)
+            with _translated_errors(self._uri(name)):
+                data = blob.download_as_bytes(retry=self.retry, timeout=self.timeout)
+            if progress:
+                progress(len(data))
+            return data
+        buffer = bytearray(info.size)
+        view = memoryview(buffer)
+
+        def fetch(start: int) -> None:
+            end = min(start + self.slice_bytes, info.size) - 1
+            blob = self._blob(name, info.generation)
+            with _translated_errors(self._uri(name)):
+                chunk = blob.download_as_bytes(
+                    start=start, end=end, checksum=None, retry=self.retry, timeout=self.timeout
+                )
+            if len(chunk) != end - start + 1:
+                raise StorageUnavailable(f"short read of {self._uri(name)} at byte {start}")
+            view[start:end + 1] = chunk
+            if progress:
+                progress(len(chunk))
+
+        starts = range(0, info.size, self.slice_bytes)
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(starts))) as pool:
+            for future in [pool.submit(fetch, start) for start in starts]:
+                future.result()
+        return bytes(buffer)
+
+    def write(self, name: str, data: bytes, *, if_generation_match: int | None = None,
+              progress: Callable[[int], object] | None = None) -> int:
+        blob = self._blob(name)
+        content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
+        with _translated_errors(self._uri(name)):
+            blob.upload_from_file(
+                _CountingReader(data, progress),
+                size=len(data),
+                content_type=content_type,
+                if_generation_match=if_generation_match,
+                retry=self.retry,
+                timeout=self.timeout,
+            )
+        return int(blob.generation)
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        with contextlib.suppress(ObjectNotFound), _translated_errors(self._uri(name)):
+            self._blob(name).delete(
+                if_generation_match=if_generation_match, retry=self.retry, timeout=self.timeout
+            )
+
+    def list(self, prefix: str) -> list[str]:
+        with _translated_errors(self._uri(prefix)):
+            blobs = _storage_client().list_blobs(
+                self.bucket_name, prefix=self.prefix + prefix, retry=self.retry, timeout=self.timeout
+            )
+            names = [blob.name[len(self.prefix):] for blob in blobs]
+        return sorted(names)
+
+
+def open_store(location: str, **gcs_options) -> ObjectStore:
+    """Open ``gs://bucket[/prefix]`` as a GcsStore, anything else as a LocalStore directory."""
+    if location.startswith("gs://"):
+        bucket, prefix = split_gs_uri(location)
+        return GcsStore(bucket, prefix, **gcs_options)
+    return LocalStore(location)
