@@ -15,7 +15,8 @@ from imgclassify.routes import match
 
 # Hop-by-hop headers are the router's own business, not the backend's.
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-                "proxy-authorization", "proxy-authenticate", "content-length", "content-encoding", "host"}
+                "proxy-authorization", "proxy-authenticate", "content-length", "content-encoding", "host",
+                "server", "date"}
 
 
 class Router:

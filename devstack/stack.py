@@ -38,10 +38,11 @@ class LocalStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     bundled_models: list[str] | None = None   # None: all three
 
-    emulator: StorageEmulator | None = None
+    emulator: StorageEmulator | None = None   # pass a running one to share it
     functions: dict[str, subprocess.Popen] = field(default_factory=dict)
     function_urls: dict[str, str] = field(default_factory=dict)
     _server: object = None
+    _owns_emulator: bool = False
 
     @property
     def url(self) -> str:
@@ -61,8 +62,10 @@ class LocalStack:
         from imgclassify.publish import publish_bundled
         from imgclassify.storage import open_store
 
-        log_path = self.log_dir / "emulator.log" if self.log_dir else None
-        self.emulator = StorageEmulator(self.emulator_port, self.data_dir, log_path).start()
+        if self.emulator is None:
+            log_path = self.log_dir / "emulator.log" if self.log_dir else None
+            self.emulator = StorageEmulator(self.emulator_port, self.data_dir, log_path).start()
+            self._owns_emulator = True
         os.environ["STORAGE_EMULATOR_HOST"] = self.emulator.url
         self.emulator.create_bucket(self.bucket)
         publish_bundled(open_store(self.model_store), self.bundled_models, log=log)
@@ -100,5 +103,5 @@ class LocalStack:
         for process in self.functions.values():
             stop(process)
         self.functions.clear()
-        if self.emulator is not None:
+        if self.emulator is not None and self._owns_emulator:
             self.emulator.stop()
