@@ -18,7 +18,9 @@ class Route:
 
     @property
     def pattern(self) -> re.Pattern:
-        return re.compile(re.escape(self.template).replace(r"\{name\}", "(?P<name>[^/]+)") + "$")
+        # {name} takes any characters, slashes included, so that a malformed name reaches
+        # the name check (400 INVALID_MODEL_NAME) instead of looking like a missing route.
+        return re.compile(re.escape(self.template).replace(r"\{name\}", "(?P<name>.+)") + "$")
 
 
 # Order matters: ":classify" must be tried before the plain model route.

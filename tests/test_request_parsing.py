@@ -1,0 +1,136 @@
+import base64
+import json
+
+import pytest
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from imgclassify.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from imgclassify.request_parsing import parse_classify_request, parse_top_k
+
+
+def request(**kwargs) -> Request:
+    return Request(EnvironBuilder(method="POST", path="/v1/classify", **kwargs).get_environ())
+
+
+def parse(req: Request, path_model=None, max_bytes=1024, max_images=4):
+    return parse_classify_request(req, path_model=path_model, max_bytes=max_bytes, max_images=max_images)
+
+
+def test_raw_image_body_is_one_image_with_default_model_and_top_k():
+    parsed = parse(request(data=b"\xff\xd8jpeg", content_type="image/jpeg"))
+
+    assert [image.data for image in parsed.images] == [b"\xff\xd8jpeg"]
+    assert parsed.model is None
+    assert parsed.top_k == 5
+
+
+def test_octet_stream_is_accepted_as_raw_image():
+    assert parse(request(data=b"abc", content_type="application/octet-stream")).images[0].data == b"abc"
+
+
+def test_model_and_top_k_come_from_the_query():
+    parsed = parse(request(data=b"x", content_type="image/png", query_string={"model": "m@2", "top_k": "3"}))
+
+    assert parsed.model == "m@2"
+    assert parsed.top_k == 3
+
+
+def test_path_model_is_used_and_a_different_query_model_conflicts():
+    assert parse(request(data=b"x", content_type="image/png"), path_model="m").model == "m"
+    with pytest.raises(InvalidRequest) as error:
+        parse(request(data=b"x", content_type="image/png", query_string={"model": "other"}), path_model="m")
+    assert error.value.code == "CONFLICTING_MODEL"
+
+
+def test_multipart_takes_every_image_field_in_order():
+    from io import BytesIO
+
+    parsed = parse(request(data={"image": [(BytesIO(b"one"), "a.jpg"), (BytesIO(b"two"), "b.jpg")],
+                                 "model": "m", "top_k": "2"}, content_type="multipart/form-data"))
+
+    assert [image.data for image in parsed.images] == [b"one", b"two"]
+    assert (parsed.model, parsed.top_k) == ("m", 2)
+
+
+def test_multipart_without_image_field_is_a_bad_request():
+    from io import BytesIO
+
+    with pytest.raises(InvalidRequest) as error:
+        parse(request(data={"file": (BytesIO(b"one"), "a.jpg")}, content_type="multipart/form-data"))
+    assert error.value.code == "MISSING_IMAGE"
+
+
+def test_json_instances_decode_base64_and_keep_uris():
+    body = {"instances": [{"b64": base64.b64encode(b"img").decode()}, {"gcs_uri": "gs://b/o.jpg"},
+                          {"url": "https://example.com/x.jpg"}], "top_k": 7, "model": "m"}
+    parsed = parse(request(data=json.dumps(body), content_type="application/json"))
+
+    assert parsed.images[0].data == b"img"
+    assert parsed.images[1].gcs_uri == "gs://b/o.jpg"
+    assert parsed.images[2].url == "https://example.com/x.jpg"
+    assert (parsed.model, parsed.top_k) == ("m", 7)
+
+
+@pytest.mark.parametrize("body, code", [
+    ("not json", "INVALID_JSON"),
+    ("[1, 2]", "INVALID_REQUEST"),
+    ("{}", "INVALID_REQUEST"),
+    ('{"instances": []}', "INVALID_REQUEST"),
+    ('{"instances": "x"}', "INVALID_REQUEST"),
+    ('{"instances": [1]}', "INVALID_REQUEST"),
+    ('{"instances": [{"b64": "a", "gcs_uri": "gs://b/o"}]}', "INVALID_REQUEST"),
+    ('{"instances": [{"b64": "!!!not base64"}]}', "INVALID_BASE64"),
+    ('{"instances": [{"b64": 5}]}', "INVALID_REQUEST"),
+    ('{"instances": [{"gcs_uri": "http://x/y"}]}', "INVALID_REQUEST"),
+    ('{"instances": [{"b64": "aW1n"}], "model": 3}', "INVALID_MODEL_NAME"),
+    ('{"instances": [{"b64": "aW1n"}], "top_k": "abc"}', "INVALID_TOP_K"),
+])
+def test_malformed_json_bodies_are_bad_requests_with_a_precise_code(body, code):
+    with pytest.raises(InvalidRequest) as error:
+        parse(request(data=body, content_type="application/json"))
+    assert error.value.code == code
+    assert error.value.status == 400
+
+
+def test_empty_body_is_a_bad_request():
+    with pytest.raises(InvalidRequest) as error:
+        parse(request(data=b"", content_type="image/jpeg"))
+    assert error.value.code == "EMPTY_BODY"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", ""])
+def test_unsupported_content_types_are_415(content_type):
+    with pytest.raises(UnsupportedMediaType):
+        parse(request(data=b"data", content_type=content_type or None))
+
+
+def test_body_over_the_byte_limit_is_413():
+    with pytest.raises(PayloadTooLarge):
+        parse(request(data=b"x" * 2000, content_type="image/jpeg"))
+
+
+def test_multipart_over_the_byte_limit_is_413():
+    from io import BytesIO
+
+    with pytest.raises(PayloadTooLarge):
+        parse(request(data={"image": (BytesIO(b"x" * 5000), "a.jpg")}, content_type="multipart/form-data"))
+
+
+def test_more_images_than_allowed_is_413_too_many_images():
+    body = {"instances": [{"b64": "aW1n"}] * 5}
+    with pytest.raises(PayloadTooLarge) as error:
+        parse(request(data=json.dumps(body), content_type="application/json"))
+    assert error.value.code == "TOO_MANY_IMAGES"
+
+
+@pytest.mark.parametrize("value", [0, -1, 101, "abc", "1.5", True, 2.0, None.__class__])
+def test_top_k_outside_1_to_100_or_not_whole_is_rejected(value):
+    with pytest.raises(InvalidRequest) as error:
+        parse_top_k(value)
+    assert error.value.code == "INVALID_TOP_K"
+
+
+@pytest.mark.parametrize("value, expected", [(None, 5), (1, 1), ("100", 100), (42, 42)])
+def test_top_k_accepts_whole_numbers_from_1_to_100(value, expected):
+    assert parse_top_k(value) == expected

@@ -1,0 +1,44 @@
+import pytest
+
+from imgclassify.settings import ConfigError, Settings
+
+
+def test_defaults_apply_when_the_environment_is_empty():
+    settings = Settings.from_env({})
+
+    assert settings.model_store == ".local/models"
+    assert settings.cache_budget_bytes == 2048 * 2**20
+    assert settings.cors_allowed_origins == ("*",)
+    assert settings.allowed_gcs_buckets == ()
+    assert settings.preload_default_model is True
+
+
+def test_every_variable_is_read_and_converted():
+    settings = Settings.from_env({
+        "MODEL_STORE": "gs://weights/prefix", "DEFAULT_MODEL": "efficientnet_lite1", "CACHE_BUDGET_MB": "512",
+        "CATALOG_TTL_SECONDS": "2.5", "PRELOAD_DEFAULT_MODEL": "false", "MAX_REQUEST_MB": "5",
+        "MAX_IMAGE_PIXELS": "1000", "MAX_IMAGES_PER_REQUEST": "4", "ALLOWED_GCS_BUCKETS": "a, b,,",
+        "CORS_ALLOWED_ORIGINS": "https://x.example", "TORCH_THREADS": "2", "DOWNLOAD_SLICE_MB": "16",
+    })
+
+    assert settings.model_store == "gs://weights/prefix"
+    assert settings.default_model == "efficientnet_lite1"
+    assert settings.cache_budget_bytes == 512 * 2**20
+    assert settings.catalog_ttl_seconds == 2.5
+    assert settings.preload_default_model is False
+    assert settings.max_request_bytes == 5 * 2**20
+    assert settings.max_image_pixels == 1000
+    assert settings.max_images_per_request == 4
+    assert settings.allowed_gcs_buckets == ("a", "b")
+    assert settings.cors_allowed_origins == ("https://x.example",)
+    assert settings.torch_threads == 2
+    assert settings.download_slice_bytes == 16 * 2**20
+
+
+@pytest.mark.parametrize("name, value", [
+    ("CACHE_BUDGET_MB", "lots"), ("CACHE_BUDGET_MB", "0"), ("MAX_IMAGES_PER_REQUEST", "-1"),
+    ("CATALOG_TTL_SECONDS", "soon"), ("PRELOAD_DEFAULT_MODEL", "maybe"), ("MODEL_STORE", "gs://"),
+])
+def test_bad_values_stop_the_start_with_a_message_naming_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name.split("_")[0]):
+        Settings.from_env({name: value})
