@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from .errors import ForbiddenSource, NotFound, PublishError, StorageUnavailable
 
@@ -134,6 +135,8 @@ class LocalStore(ObjectStore):
             stat = self._path(name).stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
+        if not S_ISREG(stat.st_mode):
+            return None  # a directory is a name prefix, not an object (as in Cloud Storage)
         return ObjectInfo(stat.st_size, stat.st_mtime_ns)
 
     def _check(self, name: str, if_generation_match: int | None) -> None:
