@@ -37,9 +37,15 @@ def test_a_cat_photo_posted_to_lite0_comes_back_a_cat(stack):
     assert 0 < top["score"] <= 1
 
 
-def test_the_preloaded_default_model_answers_the_first_request_warm(stack):
-    response = requests.post(f"{stack.url}/v1/classify", data=coffee_jpeg(),
-                             headers={"Content-Type": "image/jpeg"}, timeout=60)
+def test_a_fresh_instance_answers_its_very_first_request_warm(emulator, models_bucket, tmp_path):
+    """The default model loads at import, before gunicorn forks the worker that serves."""
+    stack = LocalStack(bucket=models_bucket, emulator=emulator, log_dir=tmp_path)
+    try:
+        url = stack.start_function("classify")
+        response = requests.post(f"{url}/v1/classify", data=coffee_jpeg(),
+                                 headers={"Content-Type": "image/jpeg"}, timeout=60)
+    finally:
+        stack.stop()
 
     body = response.json()
     assert body["model"]["name"] == "efficientnet_lite0"

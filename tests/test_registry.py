@@ -1,0 +1,97 @@
+"""Model resolution through the catalog: TTL, new versions without redeploy, defaults."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from imgclassify.catalog import Architecture, Manifest, Preprocessing, WeightsRef
+from imgclassify.errors import UnknownModel, UnknownVersion
+from imgclassify.publish import publish, serialize_weights
+from imgclassify.registry import ModelRegistry
+from imgclassify.storage import LocalStore
+
+
+def tiny_manifest(name: str, version: str) -> Manifest:
+    return Manifest(name=name, version=version,
+                    architecture=Architecture("torchvision", "mobilenet_v3_small", {"num_classes": 3}),
+                    weights=WeightsRef("", 0, "0" * 64), labels=("a", "b", "c"),
+                    preprocessing=Preprocessing(resize=40, crop_size=32), random_init=True)
+
+
+def publish_tiny(store, name: str, version: str, seed: int = 0) -> None:
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(seed)
+    weights = serialize_weights(mobilenet_v3_small(num_classes=3).state_dict())
+    publish(store, tiny_manifest(name, version), weights)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalStore(tmp_path)
+
+
+def test_latest_resolves_to_the_newest_version_once_the_ttl_has_passed(store):
+    publish_tiny(store, "tiny", "1")
+    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=0.3)
+    assert registry.resolve("tiny") == ("tiny", "1")
+
+    publish_tiny(store, "tiny", "2", seed=1)
+    still_cached = registry.resolve("tiny")
+    time.sleep(0.4)
+
+    assert still_cached == ("tiny", "1")
+    assert registry.resolve("tiny") == ("tiny", "2")
+    assert registry.resolve("tiny@1") == ("tiny", "1")
+
+
+def test_a_model_published_after_start_is_found_at_once_despite_a_long_ttl(store):
+    publish_tiny(store, "first", "1")
+    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=3600)
+    registry.resolve("first")
+
+    publish_tiny(store, "second", "1")
+    time.sleep(1.1)
+
+    assert registry.resolve("second") == ("second", "1")
+
+
+def test_unknown_names_and_versions_raise_404_errors(store):
+    publish_tiny(store, "tiny", "1")
+    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
+
+    with pytest.raises(UnknownModel):
+        registry.resolve("nope")
+    with pytest.raises(UnknownVersion):
+        registry.resolve("tiny@7")
+
+
+def test_no_model_means_a_clear_unknown_model_error_for_the_default(store):
+    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
+
+    with pytest.raises(UnknownModel, match="no model is published"):
+        registry.resolve(None)
+
+
+def test_configured_default_wins_over_the_catalogs(store):
+    publish_tiny(store, "a", "1")
+    publish_tiny(store, "b", "1")
+    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60, default_model="b")
+
+    assert registry.resolve(None) == ("b", "1")
+
+
+def test_get_loads_once_and_reports_cold_then_warm(store):
+    publish_tiny(store, "tiny", "1")
+    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
+
+    first, first_cold = registry.get("tiny")
+    second, second_cold = registry.get("tiny@1")
+
+    assert (first_cold, second_cold) == (True, False)
+    assert first is second
+    assert first.manifest.random_init is True
+    assert set(first.load_ms) == {"download", "verify", "parse", "build", "warmup"}
