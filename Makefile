@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 # e.g. make dev TORCH_PIN="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: dev test lint venv clean
+.PHONY: dev test lint bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,10 +19,13 @@ dev: venv
 	$(PYTHON) -m devstack.run
 
 lint: venv
-	$(PYTHON) -m ruff check imgclassify devstack functions tests
+	$(PYTHON) -m ruff check imgclassify devstack functions bench tests
 
 test: lint
 	$(PYTHON) -m pytest -q
+
+bench: venv
+	$(PYTHON) bench/serving.py
 
 clean:
 	rm -rf .local test-artifacts
