@@ -60,6 +60,10 @@ def create_http_app(function: str, settings: Settings | None = None) -> HttpApp:
     phases = {"python_and_imports": process_age_ms()}
     if function == "classify" and settings.preload_default_model:
         phases.update(preload_before_fork(service))
+    elif function == "classify" and settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)  # only a setting: no thread starts before the fork
     phases["create_app"] = round((time.perf_counter() - started) * 1000, 1)
     phases["process_age"] = process_age_ms()
     log.info("%s ready (store %s)", function, settings.model_store,
