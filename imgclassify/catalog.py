@@ -151,6 +151,8 @@ class Manifest:
     def from_json(cls, data: Any) -> Manifest:
         """Parse a manifest; raise ValueError if anything is missing or of the wrong type."""
         try:
+            if not isinstance(data["labels"], list):  # a string or dict would iterate into bogus labels
+                raise ValueError("labels must be a non-empty list of strings")
             labels = tuple(data["labels"])
             if not labels or not all(isinstance(label, str) for label in labels):
                 raise ValueError("labels must be a non-empty list of strings")
@@ -261,7 +263,9 @@ class Catalog:
         if versions:
             latest = models[name]["latest"]
             if latest == version:
-                latest = max(versions, key=lambda key: (versions[key].get("published_at", ""), key))
+                # published_at has 1 s resolution: break ties by version number, so "10" beats "9".
+                latest = max(versions, key=lambda key: (versions[key].get("published_at", ""),
+                                                        int(key) if key.isdecimal() else -1, key))
             models[name] = {"latest": latest, "versions": versions}
         else:
             del models[name]

@@ -1,0 +1,438 @@
+"""Publishing and removing models: write order, immutability, recovery and concurrent publishers."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from imgclassify.catalog import (
+    CATALOG_OBJECT,
+    Architecture,
+    Catalog,
+    Manifest,
+    Preprocessing,
+    WeightsRef,
+    manifest_object,
+    read_catalog,
+    read_manifest,
+    weights_object,
+)
+from imgclassify.errors import InvalidRequest, PublishError
+from imgclassify.publish import (
+    main,
+    next_version,
+    publish,
+    publish_framework_model,
+    remove,
+    serialize_weights,
+    update_catalog,
+)
+from imgclassify.storage import LocalStore
+
+
+def tiny_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return torch.nn.Linear(4, 3).state_dict()
+
+
+def tiny_weights(seed: int = 0) -> bytes:
+    return serialize_weights(tiny_state_dict(seed))
+
+
+def tiny_manifest(name: str = "tiny", version: str = "1") -> Manifest:
+    return Manifest(
+        name=name,
+        version=version,
+        architecture=Architecture("torch", "linear", {"in_features": 4, "out_features": 3}),
+        weights=WeightsRef("", 0, "0" * 64),
+        labels=("cat", "dog", "bird"),
+        preprocessing=Preprocessing(resize=8, crop_size=8),
+        random_init=True,
+        metadata={"description": "a tiny linear layer"},
+    )
+
+
+def snapshot(store) -> dict:
+    """Every object in the store with its bytes and generation."""
+    return {name: store.read(name) for name in store.list("")}
+
+
+def assert_plain_safetensors(data: bytes) -> dict:
+    """Check ``data`` is a safetensors file (8-byte little-endian header length, JSON header); return the header."""
+    header_length = int.from_bytes(data[:8], "little")
+    assert 2 <= header_length <= len(data) - 8
+    assert data[8:9] == b"{"
+    header = json.loads(data[8:8 + header_length])
+    assert all("dtype" in entry for key, entry in header.items() if key != "__metadata__")
+    return header
+
+
+@pytest.fixture
+def store(tmp_path) -> LocalStore:
+    return LocalStore(tmp_path / "models")
+
+
+# --- publish -------------------------------------------------------------------------------
+
+def test_publish_writes_weights_manifest_and_catalog_entry(store):
+    weights = tiny_weights()
+
+    published = publish(store, tiny_manifest(), weights)
+
+    assert store.list("") == [CATALOG_OBJECT, manifest_object("tiny", "1"), weights_object("tiny", "1")]
+    assert store.read(weights_object("tiny", "1")).data == weights
+    assert read_manifest(store, "tiny", "1") == published
+    catalog, _ = read_catalog(store)
+    assert catalog.resolve("tiny", None) == "1"
+    assert catalog.models["tiny"]["versions"]["1"] == published.summary()
+    assert catalog.default_model == "tiny"
+
+
+def test_published_manifest_records_size_and_sha256_of_the_stored_weights(store):
+    weights = tiny_weights()
+
+    publish(store, tiny_manifest(), weights)
+
+    manifest = read_manifest(store, "tiny", "1")
+    stored = store.read(manifest.weights.object).data
+    assert manifest.weights.object == weights_object("tiny", "1")
+    assert manifest.weights.bytes == len(stored) == len(weights)
+    assert manifest.weights.sha256 == hashlib.sha256(stored).hexdigest()
+    assert manifest.published_at  # filled in when not given
+
+
+def test_published_weights_are_plain_safetensors_without_pickle(store):
+    state = tiny_state_dict()
+
+    publish(store, tiny_manifest(), serialize_weights(state))
+
+    data = store.read(weights_object("tiny", "1")).data
+    assert set(assert_plain_safetensors(data)) - {"__metadata__"} == {"weight", "bias"}
+    loaded = load_safetensors(data)
+    assert all(torch.equal(loaded[key], state[key]) for key in state)
+
+
+def test_serialize_weights_accepts_tensors_sharing_storage():
+    shared = torch.arange(6.0)
+    state = {"whole": shared, "view": shared[:3]}
+
+    loaded = load_safetensors(serialize_weights(state))
+
+    assert torch.equal(loaded["view"], torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.equal(loaded["whole"], shared)
+
+
+def test_publish_records_random_init_in_manifest_and_catalog(store):
+    publish(store, tiny_manifest(), tiny_weights())
+
+    catalog, _ = read_catalog(store)
+    assert read_manifest(store, "tiny", "1").random_init is True
+    assert catalog.models["tiny"]["versions"]["1"]["random_init"] is True
+
+
+def test_publishing_the_same_version_twice_is_refused_and_changes_nothing(store):
+    publish(store, tiny_manifest(), tiny_weights(seed=1))
+    before = snapshot(store)
+
+    with pytest.raises(PublishError) as caught:
+        publish(store, tiny_manifest(), tiny_weights(seed=2))
+
+    assert caught.value.code == "VERSION_EXISTS"
+    assert caught.value.status == 409
+    assert snapshot(store) == before
+
+
+def test_publish_with_an_invalid_name_writes_nothing(store):
+    with pytest.raises(InvalidRequest):
+        publish(store, tiny_manifest(name="../escape"), tiny_weights())
+
+    assert store.list("") == []
+
+
+def test_next_version_is_one_for_a_new_model_and_counts_up_numerically(store):
+    assert next_version(store, "tiny") == "1"
+    publish(store, tiny_manifest(version="1"), tiny_weights())
+    assert next_version(store, "tiny") == "2"
+    publish(store, tiny_manifest(version="9"), tiny_weights())
+    publish(store, tiny_manifest(version="beta"), tiny_weights())
+
+    assert next_version(store, "tiny") == "10"
+    assert next_version(store, "other") == "1"
+
+
+def test_make_default_marks_the_model_as_the_catalog_default(store):
+    publish(store, tiny_manifest(name="first"), tiny_weights())
+
+    publish(store, tiny_manifest(name="second"), tiny_weights(), make_default=True)
+
+    assert read_catalog(store)[0].default_model == "second"
+
+
+def test_half_finished_publish_is_completed_by_publishing_the_same_weights_again(store):
+    weights = tiny_weights()
+    store.write(weights_object("tiny", "1"), weights)  # a publish that died after the weights
+
+    published = publish(store, tiny_manifest(), weights)
+
+    assert read_manifest(store, "tiny", "1") == published
+    assert published.weights.sha256 == hashlib.sha256(weights).hexdigest()
+    assert read_catalog(store)[0].resolve("tiny", None) == "1"
+
+
+def test_half_finished_publish_with_different_weights_is_refused_and_left_alone(store):
+    leftover = tiny_weights(seed=1)
+    store.write(weights_object("tiny", "1"), leftover)
+    before = snapshot(store)
+
+    with pytest.raises(PublishError) as caught:
+        publish(store, tiny_manifest(), tiny_weights(seed=2))
+
+    assert caught.value.code == "VERSION_EXISTS"
+    assert snapshot(store) == before
+    assert store.info(manifest_object("tiny", "1")) is None
+
+
+# --- catalog compare-and-swap --------------------------------------------------------------
+
+def test_update_catalog_retries_when_another_writer_changed_the_catalog_meanwhile(store):
+    publish(store, tiny_manifest(name="first"), tiny_weights())
+    calls = []
+
+    def change(catalog: Catalog) -> Catalog:
+        calls.append(sorted(catalog.models))
+        if len(calls) == 1:  # another publisher wins the race after we read the catalog
+            store.write(CATALOG_OBJECT, catalog.with_version(tiny_manifest(name="rival")).to_bytes())
+        return catalog.with_version(tiny_manifest(name="mine"))
+
+    update_catalog(store, change)
+
+    assert calls == [["first"], ["first", "rival"]]
+    assert sorted(read_catalog(store)[0].models) == ["first", "mine", "rival"]
+
+
+def test_concurrent_publishers_of_different_models_all_reach_the_catalog(gcs_store):
+    names = [f"model{i}" for i in range(8)]
+    start = threading.Barrier(len(names), timeout=30)
+    errors: list[BaseException] = []
+
+    def publisher(name: str) -> None:
+        try:
+            start.wait()
+            publish(gcs_store, tiny_manifest(name=name), tiny_weights())
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=publisher, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    catalog, _ = read_catalog(gcs_store)
+    assert sorted(catalog.models) == names
+    assert all(catalog.resolve(name, None) == "1" for name in names)
+
+
+def test_concurrent_publishers_of_the_same_version_exactly_one_wins(store):
+    weights = tiny_weights()
+    start = threading.Barrier(4, timeout=30)
+    outcomes: list[object] = []
+
+    def publisher() -> None:
+        try:
+            start.wait()
+            outcomes.append(publish(store, tiny_manifest(), weights))
+        except PublishError as error:
+            outcomes.append(error.code)
+
+    threads = [threading.Thread(target=publisher) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert not any(thread.is_alive() for thread in threads)
+    winners = [outcome for outcome in outcomes if isinstance(outcome, Manifest)]
+    assert len(winners) == 1
+    assert sorted(outcome for outcome in outcomes if isinstance(outcome, str)) == ["VERSION_EXISTS"] * 3
+    assert read_manifest(store, "tiny", "1") == winners[0]
+    assert list(read_catalog(store)[0].models["tiny"]["versions"]) == ["1"]
+
+
+def test_publish_and_remove_on_cloud_storage(gcs_store):
+    weights = tiny_weights()
+
+    published = publish(gcs_store, tiny_manifest(), weights)
+
+    stored = gcs_store.download(published.weights.object)
+    assert hashlib.sha256(stored).hexdigest() == published.weights.sha256
+    assert_plain_safetensors(stored)
+    assert read_manifest(gcs_store, "tiny", "1") == published
+    assert read_catalog(gcs_store)[0].resolve("tiny", None) == "1"
+
+    remove(gcs_store, "tiny", "1")
+
+    assert gcs_store.list("models/tiny/") == []
+    assert read_catalog(gcs_store)[0].models == {}
+
+
+# --- remove --------------------------------------------------------------------------------
+
+def test_remove_of_latest_makes_the_previous_version_latest(store):
+    publish(store, tiny_manifest(version="1"), tiny_weights(seed=1))
+    publish(store, tiny_manifest(version="2"), tiny_weights(seed=2))
+
+    remove(store, "tiny", "2")
+
+    catalog, _ = read_catalog(store)
+    assert catalog.resolve("tiny", None) == "1"
+    assert list(catalog.models["tiny"]["versions"]) == ["1"]
+    assert store.list("models/tiny/") == [manifest_object("tiny", "1"), weights_object("tiny", "1")]
+
+
+def test_remove_of_the_only_version_drops_the_model(store):
+    publish(store, tiny_manifest(), tiny_weights())
+
+    remove(store, "tiny", "1")
+
+    catalog, _ = read_catalog(store)
+    assert catalog.models == {}
+    assert catalog.default_model is None
+    assert store.list("models/tiny/") == []
+
+
+@pytest.mark.parametrize("leftovers", [("weights",), ("weights", "manifest")])
+def test_remove_cleans_up_a_half_finished_publish_not_in_the_catalog(store, leftovers):
+    publish(store, tiny_manifest(name="other"), tiny_weights())
+    store.write(weights_object("tiny", "1"), tiny_weights())
+    if "manifest" in leftovers:
+        store.write(manifest_object("tiny", "1"), tiny_manifest().to_bytes())
+    catalog_before = store.read(CATALOG_OBJECT)
+
+    remove(store, "tiny", "1")
+
+    assert store.list("models/tiny/") == []
+    assert store.read(CATALOG_OBJECT) == catalog_before
+    publish(store, tiny_manifest(), tiny_weights(seed=5))  # the version can now be published afresh
+
+
+@pytest.mark.parametrize("name, version", [("nothing", "1"), ("tiny", "2")])
+def test_remove_of_an_unknown_version_is_an_error_and_changes_nothing(store, name, version):
+    publish(store, tiny_manifest(), tiny_weights())
+    before = snapshot(store)
+
+    with pytest.raises(PublishError) as caught:
+        remove(store, name, version)
+
+    assert caught.value.code == "UNKNOWN_VERSION"
+    assert snapshot(store) == before
+
+
+def test_remove_rejects_an_invalid_name(store):
+    with pytest.raises(InvalidRequest):
+        remove(store, "../models", "1")
+
+
+# --- framework models and the command line -------------------------------------------------
+
+def framework_args(**overrides) -> argparse.Namespace:
+    """The Namespace that `python -m imgclassify.publish torchvision ...` builds (see _parser)."""
+    fields = dict(store=None, command="torchvision", library="torchvision", builder="mobilenet_v3_small",
+                  state_dict=None, pretrained=False, random_init=True, name=None, version=None, num_classes=None,
+                  labels=None, description=None, default=False, seed=0)
+    fields.update(overrides)
+    return argparse.Namespace(**fields)
+
+
+def test_publish_framework_model_records_random_init_classes_and_labels(store, tmp_path):
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("".join(f"label {i}\n" for i in range(10)) + "\n", encoding="utf-8")
+
+    manifest = publish_framework_model(store, framework_args(name="mnv3", num_classes=10, labels=str(labels_file)))
+
+    assert (manifest.name, manifest.version) == ("mnv3", "1")
+    assert manifest.random_init is True
+    assert manifest.metadata["source"] == "random initialisation (untrained)"
+    assert manifest.metadata["top1_accuracy"] is None
+    assert manifest.architecture == Architecture("torchvision", "mobilenet_v3_small", {"num_classes": 10})
+    assert manifest.labels == tuple(f"label {i}" for i in range(10))
+    assert manifest.preprocessing.crop_size == 224
+    weights = store.read(manifest.weights.object).data
+    import torchvision
+
+    torchvision.models.mobilenet_v3_small(num_classes=10).load_state_dict(load_safetensors(weights), strict=True)
+
+
+def test_publish_framework_model_with_the_same_seed_publishes_identical_weights(store):
+    first = publish_framework_model(store, framework_args(num_classes=5, seed=3))
+    second = publish_framework_model(store, framework_args(num_classes=5, seed=3))
+    other = publish_framework_model(store, framework_args(num_classes=5, seed=4))
+
+    assert (first.version, second.version, other.version) == ("1", "2", "3")
+    assert first.weights.sha256 == second.weights.sha256 != other.weights.sha256
+    assert first.labels == tuple(f"class_{i}" for i in range(5))
+
+
+def test_cli_publishes_lists_and_removes_a_random_init_torchvision_model(tmp_path, capsys):
+    store_dir = str(tmp_path / "models")
+
+    assert main(["--store", store_dir, "torchvision", "mobilenet_v3_small", "--random-init"]) == 0
+    assert "published mobilenet_v3_small@1" in capsys.readouterr().out
+    weights = LocalStore(store_dir).read(weights_object("mobilenet_v3_small", "1")).data
+    assert_plain_safetensors(weights)
+
+    assert main(["--store", store_dir, "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["default_model"] == "mobilenet_v3_small"
+    [row] = listed["models"]
+    assert (row["name"], row["version"], row["random_init"], row["num_classes"]) == ("mobilenet_v3_small", "1",
+                                                                                   True, 1000)
+    assert row["weights_bytes"] == len(weights)
+    assert row["versions"] == ["1"]
+
+    assert main(["--store", store_dir, "remove", "mobilenet_v3_small@1"]) == 0
+    assert "removed mobilenet_v3_small@1" in capsys.readouterr().out
+    assert main(["--store", store_dir, "list"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"default_model": None, "models": []}
+    assert LocalStore(store_dir).list("models/mobilenet_v3_small/") == []
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("tiny", "remove needs NAME@VERSION"),
+    ("tiny@latest", "remove needs NAME@VERSION"),
+    ("tiny@9", "tiny@9 is not published"),
+    ("../tiny@1", "model name must be"),
+])
+def test_cli_remove_reports_errors_with_exit_status_one(tmp_path, capsys, ref, message):
+    store_dir = tmp_path / "models"
+    publish(LocalStore(store_dir), tiny_manifest(), tiny_weights())
+    capsys.readouterr()
+
+    status = main(["--store", str(store_dir), "remove", ref])
+
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.err.startswith("error: ")
+    assert message in captured.err
+    assert read_catalog(LocalStore(store_dir))[0].resolve("tiny", None) == "1"
+
+
+def test_cli_refuses_to_publish_an_existing_version(tmp_path, capsys):
+    store_dir = tmp_path / "models"
+    publish(LocalStore(store_dir), tiny_manifest(name="mobilenet_v3_small"), tiny_weights())
+    before = snapshot(LocalStore(store_dir))
+
+    status = main(["--store", str(store_dir), "torchvision", "mobilenet_v3_small", "--random-init",
+                   "--version", "1", "--num-classes", "3"])
+
+    assert status == 1
+    assert "already published" in capsys.readouterr().err
+    assert snapshot(LocalStore(store_dir)) == before
