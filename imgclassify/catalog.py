@@ -127,6 +127,7 @@ class Manifest:
     random_init: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
     published_at: str = ""
+    publish_id: str = ""        # unique per publish: tells a publisher its own write from another's
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -179,6 +180,7 @@ class Manifest:
                 random_init=bool(data.get("random_init", False)),
                 metadata=dict(data.get("metadata", {})),
                 published_at=str(data.get("published_at", "")),
+                publish_id=str(data.get("publish_id", "")),
                 schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
             )
         except (KeyError, TypeError, AttributeError, InvalidRequest) as error:
@@ -302,6 +304,10 @@ def read_manifest(store: ObjectStore, name: str, version: str) -> Manifest:
     except ObjectNotFound:
         raise IntegrityError(f"the catalog lists {name}@{version} but its manifest is missing") from None
     try:
-        return Manifest.from_json(json.loads(raw))
+        manifest = Manifest.from_json(json.loads(raw))
     except ValueError as error:
         raise IntegrityError(f"manifest of {name}@{version} is malformed: {error}") from None
+    if (manifest.name, manifest.version) != (name, version):
+        raise IntegrityError(f"the manifest stored for {name}@{version} describes "
+                             f"{manifest.name}@{manifest.version}")
+    return manifest

@@ -2,7 +2,7 @@
 
 Each error carries a stable machine-readable ``code`` and an HTTP ``status``; the API
 layer turns any of them into ``{"error": {"code", "message", "status"}}`` in one place
-(:func:`imgclassify.api.error_response`). Messages say what was expected and what was found.
+(:func:`imgclassify.http.error_response`). Messages say what was expected and what was found.
 """
 
 from __future__ import annotations

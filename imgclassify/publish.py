@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -82,6 +83,7 @@ def publish(store: ObjectStore, manifest: Manifest, weights: bytes, *, make_defa
         manifest,
         weights=WeightsRef(weights_object(name, version), len(weights), digest),
         published_at=manifest.published_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        publish_id=uuid.uuid4().hex,
     )
     with _progress_bar(len(weights), f"{name}@{version}") as bar:
         try:
@@ -95,8 +97,11 @@ def publish(store: ObjectStore, manifest: Manifest, weights: bytes, *, make_defa
     try:
         store.write(manifest_object(name, version), manifest.to_bytes(), if_generation_match=0)
     except GenerationMismatch:
-        raise PublishError(f"{name}@{version} was published by somebody else meanwhile",
-                           code="VERSION_EXISTS") from None
+        # Either another publisher won, or our own write landed and only its reply was lost
+        # (the retry then fails its precondition): the stored bytes tell which.
+        if store.read(manifest_object(name, version)).data != manifest.to_bytes():
+            raise PublishError(f"{name}@{version} was published by somebody else meanwhile",
+                               code="VERSION_EXISTS") from None
     update_catalog(store, lambda catalog: catalog.with_version(manifest, make_default=make_default))
     return manifest
 
