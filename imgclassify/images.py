@@ -22,11 +22,25 @@ _TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 Image.MAX_IMAGE_PIXELS = None
 
 
+# File signatures of the allowed formats (WebP: RIFF....WEBP): data that starts like one of
+# them but cannot be opened is a damaged or truncated image (422), not a wrong format (415).
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _has_allowed_signature(data: bytes) -> bool:
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         pass
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        # e.g. "Truncated File Read" while reading the header of a recognised format
+        raise UndecodableImage(f"the image header cannot be read: {error}") from None
+    if _has_allowed_signature(data):
+        raise UndecodableImage("the image is damaged or truncated: its header cannot be read")
     try:
         other = Image.open(io.BytesIO(data))
         found = f"{other.format} images are"
@@ -39,12 +53,15 @@ def _open(data: bytes) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("1", "L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")  # a PNG tRNS colour key: that colour is transparent
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # 16-bit data: scale to 8 bits rather than letting convert() clip everything to white.
+        # I;16 is 16-bit by definition (even a dark image); I and F may hold 8-bit values.
         pixels = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
         eight_bit = np.clip(pixels * (255.0 / peak), 0, 255).round().astype(np.uint8)
         return Image.fromarray(eight_bit, "L").convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
@@ -77,7 +94,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int | None = None) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "palette images with transparency" notices
-            if image.format == "JPEG" and min_side:
+            if image.format in ("JPEG", "MPO") and min_side:  # MPO: a camera JPEG with extra frames
                 scale = min_side / min(width, height)
                 if scale < 1:
                     image.draft("RGB", (max(1, int(width * scale + 1)), max(1, int(height * scale + 1))))

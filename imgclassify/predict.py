@@ -15,7 +15,7 @@ _RESAMPLE = {
 }
 # Beyond this aspect ratio only a central band can reach the crop; resizing the whole
 # strip would allocate a huge image for nothing.
-_MAX_ASPECT = 4.0
+_MAX_ASPECT = 16.0
 
 
 def _central_band(image: Image.Image) -> Image.Image:
@@ -35,7 +35,8 @@ def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     """Resize the shorter side to ``spec.resize``, centre-crop ``spec.crop_size``, normalise.
 
     Matches torchvision's ``Resize(int)`` + ``CenterCrop`` + ``ToTensor`` + ``Normalize``
-    on PIL images. Returns float32 CHW.
+    on PIL images up to an aspect ratio of 16; beyond it only the central band is resized,
+    which may shift sampling by under one source pixel. Returns float32 CHW.
     """
     image = _central_band(image)
     width, height = image.size

@@ -1,0 +1,314 @@
+"""preprocess, forward and top_k: the model's part of a request."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from imgclassify.catalog import Preprocessing
+from imgclassify.predict import forward, preprocess, top_k
+from tests.photos import real_photo
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGENET = Preprocessing(resize=256, crop_size=224)
+PIL_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+               "lanczos": Image.LANCZOS}
+TORCHVISION_MODES = {"nearest": transforms.InterpolationMode.NEAREST,
+                     "bilinear": transforms.InterpolationMode.BILINEAR,
+                     "bicubic": transforms.InterpolationMode.BICUBIC,
+                     "lanczos": transforms.InterpolationMode.LANCZOS}
+
+
+@pytest.fixture(scope="module", params=["chelsea", "coffee", "astronaut"])
+def photo(request) -> Image.Image:
+    return Image.fromarray(real_photo(request.param))
+
+
+def reference_preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """Written from the torchvision recipe, independently of imgclassify.predict."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = spec.resize, int(spec.resize * long / short)
+    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+    resized = image.resize(new_size, PIL_FILTERS[spec.interpolation])
+    left = int(round((new_size[0] - spec.crop_size) / 2.0))
+    top = int(round((new_size[1] - spec.crop_size) / 2.0))
+    cropped = resized.crop((left, top, left + spec.crop_size, top + spec.crop_size))
+    scaled = np.asarray(cropped, dtype=np.float32) / 255.0
+    normalised = (scaled - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    return normalised.transpose(2, 0, 1)
+
+
+def torchvision_preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    pipeline = transforms.Compose([
+        transforms.Resize(spec.resize, interpolation=TORCHVISION_MODES[spec.interpolation]),
+        transforms.CenterCrop(spec.crop_size),
+        transforms.ToTensor(),
+        transforms.Normalize(spec.mean, spec.std),
+    ])
+    return pipeline(image).numpy()
+
+
+def gradient(width: int, height: int) -> Image.Image:
+    """Red grows left to right, green top to bottom, blue along the diagonal: every region differs."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    red = columns * 255 // max(width - 1, 1)
+    green = rows * 255 // max(height - 1, 1)
+    blue = (rows + columns) * 255 // (width + height)
+    return Image.fromarray(np.stack([red, green, blue], -1).astype(np.uint8))
+
+
+def waves(width: int, height: int, period: int = 64) -> Image.Image:
+    """Red a triangle wave along x, green along y (8 grey levels a pixel), blue flat."""
+    rows, columns = np.mgrid[0:height, 0:width]
+
+    def triangle(t: np.ndarray) -> np.ndarray:
+        return np.abs(t % period - period / 2) * (510 / period)
+
+    return Image.fromarray(np.stack([triangle(columns), triangle(rows), np.full(rows.shape, 128)], -1)
+                           .clip(0, 255).astype(np.uint8))
+
+
+# --- preprocess --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("size", "spec"), [
+    ((640, 480), IMAGENET),
+    ((480, 640), IMAGENET),
+    ((224, 224), IMAGENET),
+    ((10, 7), IMAGENET),
+    ((1, 1), Preprocessing(resize=8, crop_size=8)),
+    ((451, 300), Preprocessing(resize=232, crop_size=224, interpolation="bicubic")),
+    ((300, 451), Preprocessing(resize=300, crop_size=240, interpolation="lanczos")),
+    ((999, 998), Preprocessing(resize=64, crop_size=33, interpolation="nearest")),
+])
+def test_output_is_a_contiguous_float32_chw_array_of_the_crop_size(size, spec):
+    image = gradient(*size)
+
+    tensor = preprocess(image, spec)
+
+    assert tensor.shape == (3, spec.crop_size, spec.crop_size)
+    assert tensor.dtype == np.float32
+    assert tensor.flags.c_contiguous
+
+
+def test_a_uniform_grey_image_normalises_to_the_expected_constant_per_channel():
+    spec = Preprocessing(resize=64, crop_size=48, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0))
+    image = Image.new("RGB", (100, 80), (128, 128, 128))
+
+    tensor = preprocess(image, spec)
+
+    grey = 128 / 255
+    expected = [(grey - 0.5) / 0.5, (grey - 0.25) / 0.25, grey / 2.0]
+    for channel, value in enumerate(expected):
+        assert np.allclose(tensor[channel], value, rtol=0, atol=1e-6)
+
+
+def test_black_and_white_map_to_the_ends_of_the_imagenet_range():
+    black = preprocess(Image.new("RGB", (50, 50), (0, 0, 0)), Preprocessing(resize=32, crop_size=32))
+    white = preprocess(Image.new("RGB", (50, 50), (255, 255, 255)), Preprocessing(resize=32, crop_size=32))
+
+    mean, std = np.array(IMAGENET.mean), np.array(IMAGENET.std)
+    assert np.allclose(black.reshape(3, -1), (-mean / std)[:, None], atol=1e-6)
+    assert np.allclose(white.reshape(3, -1), ((1 - mean) / std)[:, None], atol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize(("resize", "crop"), [(256, 224), (232, 224), (299, 299), (160, 127), (256, 221)])
+def test_matches_an_independent_reference_implementation_on_real_photos(photo, interpolation, resize, crop):
+    spec = Preprocessing(resize=resize, crop_size=crop, interpolation=interpolation)
+
+    tensor = preprocess(photo, spec)
+
+    expected = reference_preprocess(photo, spec)
+    assert tensor.shape == expected.shape
+    assert np.abs(tensor - expected).max() <= 1e-6
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "lanczos"])
+def test_matches_torchvision_resize_centercrop_totensor_normalize(photo, interpolation):
+    spec = Preprocessing(resize=256, crop_size=224, interpolation=interpolation)
+
+    tensor = preprocess(photo, spec)
+
+    assert np.abs(tensor - torchvision_preprocess(photo, spec)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("size", [(640, 160), (160, 640), (451, 300), (300, 451), (257, 256), (255, 256),
+                                  (259, 256), (256, 259)])
+def test_matches_torchvision_up_to_an_aspect_ratio_of_four(size):
+    image = gradient(*size)
+
+    tensor = preprocess(image, IMAGENET)
+
+    assert np.abs(tensor - torchvision_preprocess(image, IMAGENET)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("size", [(37, 411), (411, 37), (40, 400), (101, 405), (120, 1900), (1900, 120),
+                                  (3, 1000), (7, 29)])
+def test_beyond_an_aspect_ratio_of_four_the_crop_is_within_a_source_pixel_of_torchvisions(size):
+    # Only a central band is resized there, so the sampling grid may shift by a fraction of a
+    # source pixel against torchvision. The waves change by 8 grey levels a pixel, so a band
+    # two pixels off centre is beyond the tolerance.
+    image = waves(*size)
+
+    tensor = preprocess(image, IMAGENET)
+
+    assert np.abs(tensor - torchvision_preprocess(image, IMAGENET)).max() <= 0.15
+
+
+@pytest.mark.parametrize("size", [(1, 5000), (5000, 1)])
+def test_an_extreme_strip_gives_the_crop_shape_and_its_middle_colour(size):
+    values = (np.arange(5000) * 255 // 4999).astype(np.uint8)
+    strip = np.repeat(values.reshape(size[1], size[0])[..., None], 3, axis=-1)
+
+    tensor = preprocess(Image.fromarray(strip), IMAGENET)
+
+    assert tensor.shape == (3, 224, 224)
+    middle = (127 / 255 - np.array(IMAGENET.mean)) / np.array(IMAGENET.std)
+    assert np.abs(tensor - middle[:, None, None]).max() <= 2 / 255 / min(IMAGENET.std)
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+from PIL import Image
+from imgclassify.catalog import Preprocessing
+from imgclassify.predict import preprocess
+image = Image.new("RGB", tuple(json.loads(sys.argv[1])), (10, 20, 30))
+spec = Preprocessing(resize=256, crop_size=224)
+preprocess(Image.new("RGB", (64, 64)), spec)  # warm up lazy imports and allocations
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+shape = preprocess(image, spec).shape
+print(json.dumps({"shape": shape, "grew_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
+"""
+
+
+@pytest.mark.parametrize("size", [(1, 5000), (5000, 1)])
+def test_an_extreme_strip_is_preprocessed_without_a_huge_allocation(size):
+    # Resizing the whole 1x5000 strip to a 256-pixel short side would make a 256x1280000 image (~1.3 GB).
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, json.dumps(size)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=True)
+
+    report = json.loads(result.stdout)
+    assert report["shape"] == [3, 224, 224]
+    assert report["grew_kib"] < 50_000
+
+
+def test_preprocess_leaves_the_input_image_unchanged(photo):
+    before = np.asarray(photo).copy()
+
+    preprocess(photo, IMAGENET)
+
+    assert photo.mode == "RGB"
+    assert (np.asarray(photo) == before).all()
+
+
+# --- forward -----------------------------------------------------------------------------------
+
+def tiny_network(num_classes: int = 5) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, kernel_size=3, stride=4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, num_classes),
+    ).eval()
+
+
+def colour_network() -> torch.nn.Module:
+    """Logits are 10x the mean of each normalised channel: a red image scores class 0 highest."""
+    module = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
+    with torch.no_grad():
+        module[2].weight.copy_(torch.eye(3) * 10)
+        module[2].bias.zero_()
+    return module.eval()
+
+
+def test_forward_returns_probabilities_that_sum_to_one_per_row():
+    spec = Preprocessing(resize=64, crop_size=56)
+    batch = np.stack([preprocess(Image.fromarray(real_photo(name)), spec) for name in ("chelsea", "coffee")]
+                     + [preprocess(Image.new("RGB", (64, 64), (255, 255, 255)), spec)])
+
+    probabilities = forward(tiny_network(5), batch)
+
+    assert tuple(probabilities.shape) == (3, 5)
+    assert (probabilities >= 0).all()
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(3), atol=1e-6)
+
+
+def test_forward_is_the_softmax_of_the_modules_logits_without_gradients():
+    module = tiny_network(7)
+    batch = np.random.default_rng(3).normal(size=(2, 3, 32, 32)).astype(np.float32)
+
+    probabilities = forward(module, batch)
+
+    with torch.no_grad():
+        expected = torch.softmax(module(torch.from_numpy(batch)), dim=1)
+    assert torch.allclose(probabilities, expected, atol=1e-7)
+    assert not probabilities.requires_grad
+
+
+def test_forward_then_top_k_ranks_the_dominant_colour_first():
+    spec = Preprocessing(resize=32, crop_size=32)
+    images = [Image.new("RGB", (40, 40), colour) for colour in ((250, 10, 10), (10, 250, 10), (10, 10, 250))]
+    batch = np.stack([preprocess(image, spec) for image in images])
+
+    rows = top_k(forward(colour_network(), batch), ("red", "green", "blue"), 1)
+
+    assert [row[0]["label"] for row in rows] == ["red", "green", "blue"]
+
+
+# --- top_k -------------------------------------------------------------------------------------
+
+LABELS = ("ant", "bee", "cat", "dog")
+
+
+def test_top_k_returns_k_rows_per_image_most_likely_first():
+    probabilities = torch.tensor([[0.10, 0.50, 0.15, 0.25], [0.40, 0.30, 0.20, 0.10]])
+
+    rows = top_k(probabilities, LABELS, 3)
+
+    assert rows == [
+        [{"label": "bee", "index": 1, "score": 0.5}, {"label": "dog", "index": 3, "score": 0.25},
+         {"label": "cat", "index": 2, "score": 0.15}],
+        [{"label": "ant", "index": 0, "score": 0.4}, {"label": "bee", "index": 1, "score": 0.3},
+         {"label": "cat", "index": 2, "score": 0.2}],
+    ]
+
+
+def test_top_k_scores_are_plain_floats_sorted_in_descending_order():
+    probabilities = torch.softmax(torch.randn(4, 10, generator=torch.Generator().manual_seed(1)), dim=1)
+    labels = tuple(f"class-{index}" for index in range(10))
+
+    rows = top_k(probabilities, labels, 5)
+
+    for row, expected in zip(rows, probabilities, strict=True):
+        scores = [entry["score"] for entry in row]
+        assert scores == sorted(scores, reverse=True)
+        assert all(type(entry["score"]) is float and type(entry["index"]) is int for entry in row)
+        assert all(entry["label"] == labels[entry["index"]] for entry in row)
+        assert scores[0] == pytest.approx(expected.max().item(), abs=1e-6)
+
+
+def test_top_k_caps_k_at_the_number_of_classes():
+    probabilities = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+
+    rows = top_k(probabilities, LABELS, 10)
+
+    assert [entry["label"] for entry in rows[0]] == ["dog", "cat", "bee", "ant"]
+
+
+def test_top_k_rounds_scores_to_six_decimals():
+    probabilities = torch.tensor([[1 / 3, 2 / 3]], dtype=torch.float64)
+
+    rows = top_k(probabilities, ("one", "two"), 2)
+
+    assert [entry["score"] for entry in rows[0]] == [0.666667, 0.333333]
