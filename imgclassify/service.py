@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .catalog import read_manifest
 from .errors import ForbiddenSource, PayloadTooLarge, ServiceError
+from .fetch import UrlFetcher, UrlPolicy
 from .images import decode_image
 from .registry import ModelRegistry
 from .request_parsing import ClassifyRequest, ImageInput
@@ -22,6 +23,7 @@ class Service:
     settings: Settings
     store: ObjectStore
     registry: ModelRegistry
+    url_fetcher: UrlFetcher | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -32,7 +34,13 @@ class Service:
             catalog_ttl_seconds=settings.catalog_ttl_seconds,
             default_model=settings.default_model,
         )
-        return cls(settings, store, registry)
+        fetcher = None
+        if settings.url_fetch_enabled:
+            policy = UrlPolicy.build(settings.url_fetch_schemes, settings.url_allowed_networks,
+                                     max_bytes=settings.max_request_bytes,
+                                     timeout_seconds=settings.url_fetch_timeout_seconds)
+            fetcher = UrlFetcher(policy)
+        return cls(settings, store, registry, fetcher)
 
     # --- listing -----------------------------------------------------------------------
 
@@ -75,7 +83,9 @@ class Service:
                 raise PayloadTooLarge(f"{image.gcs_uri} has {info.size} bytes; the limit is "
                                       f"{self.settings.max_request_bytes}")
             return store.read(name).data
-        raise ForbiddenSource("URL input is not enabled on this deployment; upload the image or use gcs_uri")
+        if self.url_fetcher is None:
+            raise ForbiddenSource("URL input is not enabled on this deployment; upload the image or use gcs_uri")
+        return self.url_fetcher.fetch(image.url)
 
     def classify(self, request: ClassifyRequest) -> dict:
         """Classify every image of ``request`` with one model, as one batch, in input order."""

@@ -5,6 +5,7 @@ Every variable is documented in the README's configuration table; keep the two i
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ class Settings:
     download_workers: int = 8
     torch_threads: int | None = None
     google_cloud_project: str | None = None
+    url_fetch_enabled: bool = True
+    url_fetch_schemes: tuple[str, ...] = ("https",)
+    url_allowed_networks: tuple[str, ...] = field(default_factory=tuple)
+    url_fetch_timeout_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +89,15 @@ class Settings:
         if store.startswith("gs://") and not store[5:].strip("/"):
             raise ConfigError(f"MODEL_STORE must name a bucket, found {store!r}")
         torch_threads = _int(env, "TORCH_THREADS", 0, 0, 256)
+        schemes = tuple(scheme.lower() for scheme in _list(env, "URL_FETCH_SCHEMES")) or ("https",)
+        if not set(schemes) <= {"http", "https"}:
+            raise ConfigError(f"URL_FETCH_SCHEMES may hold http and https only, found {','.join(schemes)}")
+        networks = _list(env, "URL_ALLOWED_NETWORKS")
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"URL_ALLOWED_NETWORKS holds {network!r}, which is not a network") from None
         return cls(
             model_store=store,
             default_model=env.get("DEFAULT_MODEL", "").strip() or None,
@@ -101,4 +115,8 @@ class Settings:
             download_workers=_int(env, "DOWNLOAD_WORKERS", 8, 1, 64),
             torch_threads=torch_threads or None,
             google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
+            url_fetch_enabled=_bool(env, "URL_FETCH_ENABLED", True),
+            url_fetch_schemes=schemes,
+            url_allowed_networks=networks,
+            url_fetch_timeout_seconds=_float(env, "URL_FETCH_TIMEOUT_SECONDS", 10.0, 0.1, 120.0),
         )

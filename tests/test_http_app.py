@@ -9,6 +9,8 @@ import base64
 import io
 import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import functions_framework
@@ -28,7 +30,8 @@ def function_env(models_bucket, emulator):
     GcsStore(ALLOWED_BUCKET).write("cats/chelsea.jpg", cat_jpeg())
     env = {"MODEL_STORE": f"gs://{models_bucket}", "ALLOWED_GCS_BUCKETS": ALLOWED_BUCKET,
            "CORS_ALLOWED_ORIGINS": "https://app.example", "MAX_IMAGES_PER_REQUEST": "4",
-           "MAX_REQUEST_MB": "2", "CATALOG_TTL_SECONDS": "60", "GOOGLE_CLOUD_PROJECT": "demo"}
+           "MAX_REQUEST_MB": "2", "CATALOG_TTL_SECONDS": "60", "GOOGLE_CLOUD_PROJECT": "demo",
+           "URL_FETCH_SCHEMES": "http,https", "URL_ALLOWED_NETWORKS": "127.0.0.1/32"}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     yield env
@@ -155,11 +158,38 @@ def test_classify_gcs_uri_outside_allowed_buckets_or_missing_is_refused(classify
     assert error_of(response)["code"] == code
 
 
-def test_url_input_is_refused_while_no_safe_fetcher_is_enabled(classify):
-    response = classify.post("/v1/classify", json={"instances": [{"url": "https://169.254.169.254/x.jpg"}]})
+@pytest.mark.parametrize("url", ["http://169.254.169.254/computeMetadata/v1/", "http://10.0.0.1/x.jpg",
+                                 "http://[::ffff:169.254.169.254]/x", "http://0177.0.0.2:8080/x.jpg"])
+def test_url_input_to_private_or_metadata_addresses_is_refused(classify, url):
+    response = classify.post("/v1/classify", json={"instances": [{"url": url}]})
 
     assert response.status_code == 403
     assert error_of(response)["code"] == "FORBIDDEN_SOURCE"
+
+
+def test_url_input_from_an_allowed_server_is_classified(classify):
+    photo = cat_jpeg()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(photo)))
+            self.end_headers()
+            self.wfile.write(photo)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/chelsea.jpg"
+        response = classify.post("/v1/classify", json={"instances": [{"url": url}]})
+    finally:
+        server.shutdown()
+
+    assert response.status_code == 200
+    assert response.get_json()["results"][0]["predictions"][0]["index"] in CAT_INDICES
 
 
 @pytest.mark.parametrize("path, status, code", [
