@@ -1,4 +1,5 @@
-"""A loopback HTTP proxy in front of the storage emulator that counts the requests it forwards."""
+"""A loopback HTTP proxy in front of the storage emulator: counts what it forwards, and can
+be taken down (connections refused) and brought back on the same port."""
 
 from __future__ import annotations
 
@@ -23,12 +24,26 @@ class CountingProxy:
         self.lock = threading.Lock()
         self.port = free_port()
         self.session = requests.Session()
-        self.server = make_server("127.0.0.1", self.port, self._app, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = None
+        self.thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        """Start answering on the proxy's port."""
+        self.server = make_server("127.0.0.1", self.port, self._app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def down(self) -> None:
+        """Close the port: storage looks stopped until ``up()``."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(timeout=10)
+            self.server = None
 
     def media_reads(self, object_suffix: str) -> int:
         """How many object downloads (``alt=media``) asked for a name ending in ``object_suffix``."""
@@ -47,8 +62,8 @@ class CountingProxy:
         return Response(upstream.content, upstream.status_code, headers)(environ, start_response)
 
     def __enter__(self) -> CountingProxy:
-        self.thread.start()
+        self.up()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
+        self.down()

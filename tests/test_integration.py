@@ -114,12 +114,12 @@ def test_concurrent_cold_requests_download_the_weights_exactly_once(emulator, mo
                 return requests.post(f"{url}/v1/models/efficientnet_lite1:classify", data=cat_jpeg(),
                                      headers={"Content-Type": "image/jpeg"}, timeout=120)
 
-            with ThreadPoolExecutor(16) as pool:
-                responses = list(pool.map(classify, range(16)))
+            with ThreadPoolExecutor(32) as pool:
+                responses = list(pool.map(classify, range(32)))
         finally:
             stack.stop()
 
-    assert [r.status_code for r in responses] == [200] * 16
+    assert [r.status_code for r in responses] == [200] * 32
     assert any(r.json()["cold_start"] for r in responses)
     # One download is ceil(size / 4 MiB) ranged reads; a second download would double it.
     size = GcsStore(models_bucket).info("models/efficientnet_lite1/1/weights.safetensors").size

@@ -1,0 +1,224 @@
+"""Storage faults against the real emulator: stopped, tampered, half-written, planted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+from werkzeug.test import Client
+from werkzeug.wrappers import Request
+
+from devstack.stack import LocalStack
+from imgclassify.catalog import WeightsRef, manifest_object, read_manifest, weights_object
+from imgclassify.http import HttpApp
+from imgclassify.logs import configure_logging
+from imgclassify.publish import publish, remove, update_catalog
+from imgclassify.service import Service
+from imgclassify.settings import Settings
+from imgclassify.storage import GcsStore
+from tests.counting_proxy import CountingProxy
+from tests.photos import CAT_INDICES, cat_jpeg, coffee_jpeg
+
+pytestmark = pytest.mark.integration
+
+
+def client_for(bucket: str, **env: str) -> Client:
+    """The classify app in this process, over ``bucket``, as a WSGI test client."""
+    settings = Settings.from_env({"MODEL_STORE": f"gs://{bucket}", "PRELOAD_DEFAULT_MODEL": "false",
+                                  "STORAGE_RETRY_SECONDS": "1", **env})
+    configure_logging()
+    app = HttpApp(Service.from_settings(settings), "classify")
+    return Client(lambda environ, start_response: app(Request(environ))(environ, start_response))
+
+
+def copy_model(source_bucket: str, target: GcsStore, name: str, *, weights: bytes | None = None,
+               keep_manifest_sha: bool = False) -> None:
+    """Copy ``name@1`` into ``target``; ``weights`` replaces the weights bytes (tampering)."""
+    source = GcsStore(source_bucket)
+    manifest = read_manifest(source, name, "1")
+    data = source.read(weights_object(name, "1")).data if weights is None else weights
+    if weights is not None and not keep_manifest_sha:
+        manifest = replace(manifest, weights=WeightsRef(manifest.weights.object, len(data),
+                                                        hashlib.sha256(data).hexdigest()))
+    target.write(weights_object(name, "1"), data)
+    target.write(manifest_object(name, "1"), manifest.to_bytes())
+    update_catalog(target, lambda catalog: catalog.with_version(manifest))
+
+
+def classify(client: Client, model: str):
+    return client.post(f"/v1/models/{model}:classify", data=cat_jpeg(), content_type="image/jpeg")
+
+
+def test_weights_altered_by_one_byte_are_refused_loudly_and_other_models_keep_working(
+        models_bucket, new_bucket, capsys):
+    bucket = new_bucket("tampered")
+    store = GcsStore(bucket)
+    original = GcsStore(models_bucket).read(weights_object("efficientnet_lite0", "1")).data
+    tampered = bytearray(original)
+    tampered[len(tampered) // 2] ^= 0x01
+    copy_model(models_bucket, store, "efficientnet_lite0", weights=bytes(tampered), keep_manifest_sha=True)
+    copy_model(models_bucket, store, "efficientnet_lite1")
+    client = client_for(bucket)
+
+    first = classify(client, "efficientnet_lite0")
+    healthy = classify(client, "efficientnet_lite1")
+    again = classify(client, "efficientnet_lite0")
+
+    assert first.status_code == again.status_code == 500
+    assert first.get_json()["error"]["code"] == "INTEGRITY_ERROR"
+    assert "sha256" in first.get_json()["error"]["message"]
+    assert healthy.status_code == 200
+    assert healthy.get_json()["results"][0]["predictions"][0]["index"] in CAT_INDICES
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert any(e["severity"] == "ERROR" and "refusing to serve" in e["message"] for e in logged)
+
+
+def test_a_manifest_pointing_at_missing_weights_is_an_integrity_error(models_bucket, new_bucket):
+    bucket = new_bucket("noweights")
+    store = GcsStore(bucket)
+    copy_model(models_bucket, store, "efficientnet_lite0")
+    store.delete(weights_object("efficientnet_lite0", "1"))
+
+    response = classify(client_for(bucket), "efficientnet_lite0")
+
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "INTEGRITY_ERROR"
+    assert "missing" in response.get_json()["error"]["message"]
+
+
+def test_a_catalog_listing_a_missing_manifest_is_an_integrity_error(models_bucket, new_bucket):
+    bucket = new_bucket("nomanifest")
+    store = GcsStore(bucket)
+    copy_model(models_bucket, store, "efficientnet_lite0")
+    store.delete(manifest_object("efficientnet_lite0", "1"))
+
+    response = classify(client_for(bucket), "efficientnet_lite0")
+
+    assert response.status_code == 500
+    assert "manifest is missing" in response.get_json()["error"]["message"]
+
+
+def test_a_half_written_publish_is_invisible_and_can_be_finished_or_cleaned_up(models_bucket, new_bucket):
+    bucket = new_bucket("half")
+    store = GcsStore(bucket)
+    copy_model(models_bucket, store, "efficientnet_lite1")
+    manifest = read_manifest(GcsStore(models_bucket), "efficientnet_lite0", "1")
+    weights = GcsStore(models_bucket).read(weights_object("efficientnet_lite0", "1")).data
+    store.write(weights_object("efficientnet_lite0", "1"), weights)   # killed after the weights
+    client = client_for(bucket, CATALOG_TTL_SECONDS="0")
+
+    before = classify(client, "efficientnet_lite0")
+    publish(store, replace(manifest, published_at=""), weights)       # the publisher finishes
+    after = classify(client, "efficientnet_lite0")
+    remove(store, "efficientnet_lite0", "1")
+    removed = classify(client, "efficientnet_lite0")
+
+    assert before.status_code == 404
+    assert before.get_json()["error"]["code"] == "UNKNOWN_MODEL"
+    assert after.status_code == 200
+    assert removed.status_code == 404
+    assert store.info(weights_object("efficientnet_lite0", "1")) is None
+
+
+class _Planted:
+    """Unpickling this creates the marker file: proof that somebody unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_pickle_is_refused_and_never_unpickled(models_bucket, new_bucket, tmp_path):
+    bucket = new_bucket("pickle")
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps({"_conv_stem.weight": _Planted(marker)})
+    copy_model(models_bucket, GcsStore(bucket), "efficientnet_lite0", weights=payload)
+
+    response = classify(client_for(bucket), "efficientnet_lite0")
+
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "INTEGRITY_ERROR"
+    assert "not a valid safetensors file" in response.get_json()["error"]["message"]
+    assert not marker.exists()
+    assert b"Traceback" not in response.data
+
+
+def test_storage_down_on_a_cold_request_is_503_and_the_instance_recovers(emulator, models_bucket, tmp_path):
+    proxy = CountingProxy(emulator.url)
+    proxy.up()
+    stack = LocalStack(bucket=models_bucket, emulator=emulator, log_dir=tmp_path)
+    try:
+        url = stack.start_function("classify", env={
+            "STORAGE_EMULATOR_HOST": proxy.url, "PRELOAD_DEFAULT_MODEL": "false",
+            "STORAGE_RETRY_SECONDS": "1", "STORAGE_TIMEOUT_SECONDS": "2"})
+        proxy.down()
+        while_down = requests.post(f"{url}/v1/models/efficientnet_lite2:classify", data=cat_jpeg(),
+                                   headers={"Content-Type": "image/jpeg"}, timeout=60)
+        proxy.up()
+        after = requests.post(f"{url}/v1/models/efficientnet_lite2:classify", data=cat_jpeg(),
+                              headers={"Content-Type": "image/jpeg"}, timeout=60)
+    finally:
+        stack.stop()
+        proxy.down()
+
+    assert while_down.status_code == 503
+    assert while_down.json()["error"]["code"] == "STORAGE_UNAVAILABLE"
+    assert int(while_down.headers["Retry-After"]) > 0
+    assert after.status_code == 200
+    assert after.json()["results"][0]["predictions"][0]["index"] in CAT_INDICES
+
+
+def worker_rss_kib(pid: int) -> int:
+    """Resident memory of ``pid``'s children (gunicorn's worker) plus itself, in KiB."""
+    total = 0
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(child) for child in (task / "children").read_text().split()]
+    for each in pids:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_a_cache_smaller_than_two_models_serves_alternating_requests_in_bounded_memory(
+        emulator, models_bucket, tmp_path):
+    stack = LocalStack(bucket=models_bucket, emulator=emulator, log_dir=tmp_path)
+    models = ["efficientnet_lite0", "efficientnet_lite1"]
+    try:
+        url = stack.start_function("classify", env={"CACHE_BUDGET_MB": "30", "PRELOAD_DEFAULT_MODEL": "false"})
+        pid = stack.functions["classify"].pid
+
+        def sequential(count: int) -> list[int]:
+            statuses = []
+            for index in range(count):
+                response = requests.post(f"{url}/v1/models/{models[index % 2]}:classify", data=coffee_jpeg(),
+                                         headers={"Content-Type": "image/jpeg"}, timeout=120)
+                statuses.append(response.status_code)
+            return statuses
+
+        def mixed_round() -> list[int]:
+            statuses = sequential(8)
+            with ThreadPoolExecutor(4) as pool:
+                statuses += [s for batch in pool.map(lambda _: sequential(2), range(4)) for s in batch]
+            return statuses
+
+        warm_up = mixed_round() + mixed_round()
+        rss_early = worker_rss_kib(pid)
+        statuses = mixed_round() + mixed_round() + mixed_round()
+        rss_late = worker_rss_kib(pid)
+    finally:
+        stack.stop()
+
+    assert warm_up + statuses == [200] * 80
+    # Every request swaps the ~20 MB models in and out: resident memory must stay level.
+    assert rss_late - rss_early < 30 * 1024, (rss_early, rss_late)
+
