@@ -11,30 +11,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.test import Client
-from werkzeug.wrappers import Request
 
 from devstack.stack import LocalStack
 from imgclassify.catalog import WeightsRef, manifest_object, read_manifest, weights_object
-from imgclassify.http import HttpApp
-from imgclassify.logs import configure_logging
 from imgclassify.publish import publish, remove, update_catalog
-from imgclassify.service import Service
-from imgclassify.settings import Settings
 from imgclassify.storage import GcsStore
+from tests.apps import client_for
 from tests.counting_proxy import CountingProxy
 from tests.photos import CAT_INDICES, cat_jpeg, coffee_jpeg
 
 pytestmark = pytest.mark.integration
-
-
-def client_for(bucket: str, **env: str) -> Client:
-    """The classify app in this process, over ``bucket``, as a WSGI test client."""
-    settings = Settings.from_env({"MODEL_STORE": f"gs://{bucket}", "PRELOAD_DEFAULT_MODEL": "false",
-                                  "STORAGE_RETRY_SECONDS": "1", **env})
-    configure_logging()
-    app = HttpApp(Service.from_settings(settings), "classify")
-    return Client(lambda environ, start_response: app(Request(environ))(environ, start_response))
 
 
 def copy_model(source_bucket: str, target: GcsStore, name: str, *, weights: bytes | None = None,
@@ -51,7 +37,7 @@ def copy_model(source_bucket: str, target: GcsStore, name: str, *, weights: byte
     update_catalog(target, lambda catalog: catalog.with_version(manifest))
 
 
-def classify(client: Client, model: str):
+def classify(client, model: str):
     return client.post(f"/v1/models/{model}:classify", data=cat_jpeg(), content_type="image/jpeg")
 
 

@@ -1,0 +1,20 @@
+"""The classify app built in this process over a bucket of the emulator, as a WSGI test client."""
+
+from __future__ import annotations
+
+from werkzeug.test import Client
+from werkzeug.wrappers import Request
+
+from imgclassify.http import HttpApp
+from imgclassify.logs import configure_logging
+from imgclassify.service import Service
+from imgclassify.settings import Settings
+
+
+def client_for(bucket: str, **env: str) -> Client:
+    """The classify app in this process, over ``bucket``, as a WSGI test client."""
+    settings = Settings.from_env({"MODEL_STORE": f"gs://{bucket}", "PRELOAD_DEFAULT_MODEL": "false",
+                                  "STORAGE_RETRY_SECONDS": "1", **env})
+    configure_logging()
+    app = HttpApp(Service.from_settings(settings), "classify")
+    return Client(lambda environ, start_response: app(Request(environ))(environ, start_response))
