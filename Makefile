@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 # e.g. make dev TORCH_PIN="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: dev test lint bench venv clean
+.PHONY: dev test lint bench load venv clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,9 @@ test: lint
 
 bench: venv
 	$(PYTHON) bench/serving.py
+
+load: venv
+	$(PYTHON) bench/load.py
 
 clean:
 	rm -rf .local test-artifacts

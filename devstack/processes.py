@@ -54,3 +54,16 @@ def stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
 def spawn(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     """Start ``args`` in its own process group (so stop() ends its children too)."""
     return subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True, **kwargs)
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its direct children (gunicorn's workers), in KiB (Linux)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(child) for child in (task / "children").read_text().split()]
+    total = 0
+    for each in pids:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -85,6 +86,7 @@ class LocalStack:
 
     def start_router(self) -> None:
         self.router_port = self.router_port or free_port()
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
         router = Router(self.function_urls, REPO / "web")
         self._server = make_server("127.0.0.1", self.router_port, router, threaded=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from devstack.processes import tree_rss_kib
 from devstack.stack import LocalStack
 from imgclassify.catalog import WeightsRef, manifest_object, read_manifest, weights_object
 from imgclassify.publish import publish, remove, update_catalog
@@ -162,19 +163,6 @@ def test_storage_down_on_a_cold_request_is_503_and_the_instance_recovers(emulato
     assert after.json()["results"][0]["predictions"][0]["index"] in CAT_INDICES
 
 
-def worker_rss_kib(pid: int) -> int:
-    """Resident memory of ``pid``'s children (gunicorn's worker) plus itself, in KiB."""
-    total = 0
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        pids += [int(child) for child in (task / "children").read_text().split()]
-    for each in pids:
-        for line in Path(f"/proc/{each}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
-
-
 def test_a_cache_smaller_than_two_models_serves_alternating_requests_in_bounded_memory(
         emulator, models_bucket, tmp_path):
     stack = LocalStack(bucket=models_bucket, emulator=emulator, log_dir=tmp_path)
@@ -198,9 +186,9 @@ def test_a_cache_smaller_than_two_models_serves_alternating_requests_in_bounded_
             return statuses
 
         warm_up = mixed_round() + mixed_round()
-        rss_early = worker_rss_kib(pid)
+        rss_early = tree_rss_kib(pid)
         statuses = mixed_round() + mixed_round() + mixed_round()
-        rss_late = worker_rss_kib(pid)
+        rss_late = tree_rss_kib(pid)
     finally:
         stack.stop()
 

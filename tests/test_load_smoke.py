@@ -1,0 +1,28 @@
+"""A short run of the load test (``make load`` runs the long one)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_short_mixed_load_has_no_failed_request_and_level_memory(tmp_path):
+    output = tmp_path / "load.json"
+
+    finished = subprocess.run([sys.executable, str(REPO / "bench" / "load.py"), "--duration", "10s", "--users", "4",
+                               "--output", str(output)], capture_output=True, text=True, timeout=600)
+
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    result = json.loads(output.read_text())
+    assert sum(half["requests"] for half in result["halves"]) > 20
+    assert [half["failures"] for half in result["halves"]] == [0, 0]
+    assert set(result["halves"][0]["per_endpoint"]) == {"classify small jpeg lite0", "classify 12MP jpeg lite1",
+                                           "classify alpha png lite2", "list models"}
