@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devstack.emulator import StorageEmulator  # noqa: E402
-from devstack.processes import tree_rss_kib  # noqa: E402
+from devstack.processes import rss_kib  # noqa: E402
 from devstack.stack import LocalStack  # noqa: E402
 
 
@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.start(log=lambda _: None)
             warm_up(stack.url, work, args.users)
             classify_pid = stack.functions["classify"].pid
-            halves, rss = [], [tree_rss_kib(classify_pid) / 1024]
+            halves, rss = [], [rss_kib(classify_pid) / 1024]
             for half in ("first", "second"):
                 halves.append(run_locust(stack.url, work, args.users, half_duration(args.duration), work / half))
-                rss.append(tree_rss_kib(classify_pid) / 1024)
+                rss.append(rss_kib(classify_pid) / 1024)
         finally:
             stack.stop()
     result = {"users": args.users, "duration": args.duration, "halves": halves,

@@ -56,9 +56,12 @@ def spawn(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subpr
     return subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True, **kwargs)
 
 
-def tree_rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` and its direct children (gunicorn's workers), in KiB (Linux)."""
-    pids = [pid]
+def rss_kib(pid: int, *, children_only: bool = False) -> int:
+    """Resident memory of ``pid`` and its direct children (gunicorn's workers), in KiB (Linux).
+
+    ``children_only`` leaves the parent out (gunicorn's arbiter shares pages with its worker).
+    """
+    pids = [] if children_only else [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
         pids += [int(child) for child in (task / "children").read_text().split()]
     total = 0

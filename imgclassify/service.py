@@ -6,12 +6,13 @@ Functions' ``main.py``, the local router, the batch job and the tests all call t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .catalog import read_manifest
 from .errors import ForbiddenSource, PayloadTooLarge, ServiceError
 from .fetch import UrlFetcher, UrlPolicy
 from .images import decode_image
+from .inference import InferenceLane
 from .registry import ModelRegistry
 from .request_parsing import ClassifyRequest, ImageInput
 from .settings import Settings
@@ -24,6 +25,7 @@ class Service:
     store: ObjectStore
     registry: ModelRegistry
     url_fetcher: UrlFetcher | None = None
+    lane: InferenceLane = field(default_factory=InferenceLane)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -40,7 +42,8 @@ class Service:
                                      max_bytes=settings.max_request_bytes,
                                      timeout_seconds=settings.url_fetch_timeout_seconds)
             fetcher = UrlFetcher(policy)
-        return cls(settings, store, registry, fetcher)
+        lane = InferenceLane(max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000)
+        return cls(settings, store, registry, fetcher, lane)
 
     # --- listing -----------------------------------------------------------------------
 
@@ -87,25 +90,29 @@ class Service:
             raise ForbiddenSource("URL input is not enabled on this deployment; upload the image or use gcs_uri")
         return self.url_fetcher.fetch(image.url)
 
+    def _prepare(self, model, image: ImageInput, index: int, count: int):
+        """Fetch, decode and preprocess one image; errors name the image's index in a batch."""
+        try:
+            data = self.fetch(image)
+            decoded = decode_image(data, max_pixels=self.settings.max_image_pixels,
+                                   min_side=model.manifest.preprocessing.resize)
+            return model.preprocess(decoded)
+        except ServiceError as error:
+            if count > 1:
+                error.message = f"image {index}: {error.message}"
+                error.args = (error.message,)
+            raise
+
     def classify(self, request: ClassifyRequest) -> dict:
         """Classify every image of ``request`` with one model, as one batch, in input order."""
         started = time.perf_counter()
         model, cold = self.registry.get(request.model)
         loaded = time.perf_counter()
-        spec = model.manifest.preprocessing
-        inputs = []
-        for index, image in enumerate(request.images):
-            try:
-                data = self.fetch(image)
-                decoded = decode_image(data, max_pixels=self.settings.max_image_pixels, min_side=spec.resize)
-                inputs.append(model.preprocess(decoded))
-            except ServiceError as error:
-                if len(request.images) > 1:
-                    error.message = f"image {index}: {error.message}"
-                    error.args = (error.message,)
-                raise
+        with self.lane.preparing(model):
+            inputs = [self._prepare(model, image, index, len(request.images))
+                      for index, image in enumerate(request.images)]
         prepared = time.perf_counter()
-        predictions = model.classify(inputs, request.top_k)
+        predictions = self.lane.classify(model, inputs, request.top_k)
         finished = time.perf_counter()
         return {
             "model": {"name": model.manifest.name, "version": model.manifest.version,

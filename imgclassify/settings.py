@@ -76,6 +76,8 @@ class Settings:
     download_workers: int = 8
     torch_threads: int | None = None
     google_cloud_project: str | None = None
+    max_batch: int = 4
+    batch_window_ms: float = 5.0
     url_fetch_enabled: bool = True
     url_fetch_schemes: tuple[str, ...] = ("https",)
     url_allowed_networks: tuple[str, ...] = field(default_factory=tuple)
@@ -115,6 +117,8 @@ class Settings:
             download_workers=_int(env, "DOWNLOAD_WORKERS", 8, 1, 64),
             torch_threads=torch_threads or None,
             google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
+            max_batch=_int(env, "MAX_BATCH", 4, 1, 256),
+            batch_window_ms=_float(env, "BATCH_WINDOW_MS", 5.0, 0.0, 1000.0),
             url_fetch_enabled=_bool(env, "URL_FETCH_ENABLED", True),
             url_fetch_schemes=schemes,
             url_allowed_networks=networks,

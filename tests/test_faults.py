@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.processes import tree_rss_kib
+from devstack.processes import rss_kib
 from devstack.stack import LocalStack
 from imgclassify.catalog import WeightsRef, manifest_object, read_manifest, weights_object
 from imgclassify.publish import publish, remove, update_catalog
@@ -186,9 +186,9 @@ def test_a_cache_smaller_than_two_models_serves_alternating_requests_in_bounded_
             return statuses
 
         warm_up = mixed_round() + mixed_round()
-        rss_early = tree_rss_kib(pid)
+        rss_early = rss_kib(pid)
         statuses = mixed_round() + mixed_round() + mixed_round()
-        rss_late = tree_rss_kib(pid)
+        rss_late = rss_kib(pid)
     finally:
         stack.stop()
 
