@@ -118,9 +118,10 @@ def in_process(bucket: str, images: dict, count: int) -> dict:
 
 # --- HTTP ---------------------------------------------------------------------------------------
 
-def post(session: requests.Session, url: str, image: tuple[bytes, str]) -> float:
+def post(session: requests.Session, url: str, image: tuple[bytes, str], *, keep_alive: bool = True) -> float:
     started = time.perf_counter()
-    response = session.post(url, data=image[0], headers={"Content-Type": image[1]}, timeout=300)
+    headers = {"Content-Type": image[1]} if keep_alive else {"Content-Type": image[1], "Connection": "close"}
+    response = session.post(url, data=image[0], headers=headers, timeout=300)
     elapsed = (time.perf_counter() - started) * 1000
     if response.status_code != 200:
         raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
@@ -142,13 +143,15 @@ def warm_http(url: str, images: dict, count: int) -> dict:
 def throughput(url: str, image: tuple[bytes, str], clients: int, per_client: int) -> float:
     sessions = [requests.Session() for _ in range(clients)]
     for session in sessions:
-        post(session, url, image)
+        post(session, url, image, keep_alive=False)
     barrier = threading.Barrier(clients)
 
     def run(session: requests.Session) -> None:
         barrier.wait(timeout=60)
         for _ in range(per_client):
-            post(session, url, image)
+            # More clients than server threads: gunicorn may close an idle keep-alive
+            # connection just as a client reuses it, so each request has its own.
+            post(session, url, image, keep_alive=False)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:

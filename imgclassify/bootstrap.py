@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import time
 
 from .http import HttpApp
 from .logs import configure_logging
+from .memory import limit_malloc_arenas
 from .service import Service
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
 def process_age_ms() -> float | None:
@@ -25,20 +23,6 @@ def process_age_ms() -> float | None:
             return round((float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")) * 1000)
     except (OSError, ValueError, IndexError):
         return None
-
-
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's per-thread malloc arenas so freed model memory is reused, not hoarded.
-
-    Server threads each get an arena by default; a model evicted on one thread leaves its
-    pages in that arena while the next load, on another thread, grows a different one.
-    With two arenas the resident size stays flat as the cache cycles models.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, arenas)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
 
 
 def preload_before_fork(service: Service) -> dict[str, float]:

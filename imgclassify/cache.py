@@ -9,7 +9,7 @@ values with ``size_of(value)``. Contract:
 * loads of different keys run in parallel (the lock is per key, not per cache);
 * after each load the least recently used entries are evicted until the total size fits
   ``budget_bytes``; the entry just loaded is never evicted, so a model larger than the
-  budget is still served, alone.
+  budget is still served, alone; ``on_evict(keys)`` is then called outside the lock.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 
 class ModelCache(Generic[K, V]):
-    def __init__(self, loader: Callable[[K], V], size_of: Callable[[V], int], budget_bytes: int) -> None:
+    def __init__(self, loader: Callable[[K], V], size_of: Callable[[V], int], budget_bytes: int,
+                 on_evict: Callable[[list[K]], object] | None = None) -> None:
         self._loader = loader
+        self._on_evict = on_evict
         self._size_of = size_of
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
@@ -79,6 +81,8 @@ class ModelCache(Generic[K, V]):
             self.loads += 1
             evicted = self._evict_over_budget(keep=key)
         future.set_result(value)
+        if evicted and self._on_evict is not None:
+            self._on_evict(evicted)
         log.info("loaded %s (%d bytes) in %.0f ms; evicted %s", key, size,
                  (time.perf_counter() - started) * 1000, evicted or "nothing")
         return value

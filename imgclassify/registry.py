@@ -9,6 +9,7 @@ import time
 from .cache import ModelCache
 from .catalog import Catalog, parse_model_ref, read_catalog, read_manifest
 from .errors import StorageUnavailable, UnknownModel, UnknownVersion
+from .memory import release_free_memory
 from .models import LoadedModel, load_model
 from .storage import ObjectStore
 
@@ -28,7 +29,7 @@ class ModelRegistry:
         self.catalog_ttl_seconds = catalog_ttl_seconds
         self.configured_default = default_model
         self.cache: ModelCache[tuple[str, str], LoadedModel] = ModelCache(
-            self._load, lambda model: model.nbytes, cache_budget_bytes
+            self._load, lambda model: model.nbytes, cache_budget_bytes, on_evict=lambda _: release_free_memory()
         )
         self._catalog: Catalog | None = None
         self._catalog_read_at = float("-inf")

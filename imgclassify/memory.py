@@ -1,0 +1,34 @@
+"""glibc malloc tuning, so that models cycled through the cache do not inflate resident memory."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None  # not glibc: nothing to tune
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread malloc arenas so freed model memory is reused, not hoarded.
+
+    Server threads each get an arena by default; a model evicted on one thread leaves its
+    pages in that arena while the next load, on another thread, grows a different one.
+    """
+    if _libc() is not None:
+        _libc().mallopt(_M_ARENA_MAX, arenas)
+
+
+def release_free_memory() -> None:
+    """Give the pages of freed allocations back to the system (after a model is evicted)."""
+    if _libc() is not None:
+        _libc().malloc_trim(0)
