@@ -25,7 +25,8 @@ class Router:
     def __init__(self, backends: dict[str, str], web_dir: Path) -> None:
         self.backends = backends
         self.session = requests.Session()
-        self.static = SharedDataMiddleware(self._not_found, {"/": str(web_dir)}, fallback_mimetype="text/plain")
+        self.static = SharedDataMiddleware(self._not_found, {"/": str(web_dir)}, cache_timeout=0,
+                                           fallback_mimetype="text/plain")
         self.web_dir = web_dir
 
     @staticmethod

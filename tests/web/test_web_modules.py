@@ -1,0 +1,171 @@
+"""The page's pure modules, run in the browser as the page loads them (no bundler, no Node).
+
+The API client gets a scripted fetch here, to pin its retry rule exactly; the browser tests in
+test_web_page.py and test_web_failures.py exercise it against the real services.
+"""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page
+
+pytestmark = pytest.mark.integration
+
+
+def run_module_code(page: Page, body: str):
+    """Evaluate ``body`` (an async function body that may ``await load("x.js")``) in the page."""
+    return page.evaluate(
+        "async (body) => {"
+        "  const load = (name) => import(new URL(`js/${name}`, location.href).href);"
+        "  return await (Object.getPrototypeOf(async function () {}).constructor)('load', body)(load);"
+        "}", body)
+
+
+@pytest.fixture
+def blank_page(stack, browser) -> Page:
+    """The router's web/ origin, without the page's CSP (which forbids evaluating strings)."""
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+    page.goto(stack.url + "/icon.svg")
+    yield page
+    context.close()
+
+
+def test_format_preferences_addresses_and_sizes(blank_page):
+    result = run_module_code(blank_page, """
+        const format = await load("format.js");
+        const preferences = await load("preferences.js");
+        const inputs = await load("inputs.js");
+        const downscale = await load("downscale.js");
+        const models = [{name: "a", input_size: [3, 224, 224]}, {name: "b", input_size: [3, 260, 300]}];
+        return {
+          percents: [format.percent(0.3671), format.percent(0.0004), format.percent(0), format.percent(1)],
+          durations: [format.duration(48.4), format.duration(1234)],
+          sizes: [format.byteSize(812), format.byteSize(38702), format.byteSize(4_100_000)],
+          kept: preferences.pickModel(models, "b", "a"),
+          gone: preferences.pickModel(models, "retired", "a"),
+          fresh: preferences.pickModel(models, null, "a"),
+          noDefault: preferences.pickModel(models, null, "zzz"),
+          addresses: ["gs://bucket/photos/cat.jpg", "gs://bucket/", "gs://b", "https://example.com/c.jpg",
+                      "HTTP://example.com/c.jpg", "ftp://example.com/c.jpg", "cat.jpg", " "]
+                       .map((text) => inputs.parseAddress(text)?.kind ?? null),
+          shortSide: downscale.uploadShortSide(models),
+          noSizes: downscale.uploadShortSide([{name: "x"}]),
+          scaled: [downscale.scaledSize(4032, 3024, 520), downscale.scaledSize(3024, 4032, 520),
+                   downscale.scaledSize(451, 300, 520)],
+        };
+    """)
+    assert result["percents"] == ["36.7%", "<0.1%", "0.0%", "100.0%"]
+    assert result["durations"] == ["48 ms", "1.2 s"]
+    assert result["sizes"] == ["812 bytes", "39 kB", "4.1 MB"]
+    assert result["kept"] == {"name": "b", "fellBack": False}
+    assert result["gone"] == {"name": "a", "fellBack": True}
+    assert result["fresh"] == {"name": "a", "fellBack": False}
+    assert result["noDefault"] == {"name": "a", "fellBack": False}
+    assert result["addresses"] == ["gcs", None, None, "url", "url", None, None, None]
+    assert result["shortSide"] == 600  # 2 × the largest side of any model input
+    assert result["noSizes"] == 0
+    assert result["scaled"] == [{"width": 693, "height": 520}, {"width": 520, "height": 693},
+                                {"width": 451, "height": 300}]
+
+
+def test_the_api_client_retries_503_and_unreachable_as_told_and_never_a_spent_quota(blank_page):
+    result = run_module_code(blank_page, """
+        const {ApiClient, parseRetryAfter} = await load("api.js");
+        function scripted(answers) {
+          const calls = [];
+          const fetch = async (url, init) => {
+            calls.push({url, method: init.method, key: init.headers["x-api-key"] ?? null});
+            const next = answers.shift();
+            if (next === "offline") throw new TypeError("Failed to fetch");
+            return new Response(JSON.stringify(next.body), {status: next.status, headers: next.headers ?? {}});
+          };
+          return {fetch, calls};
+        }
+        const waits = [];
+        const sleep = async (ms) => { waits.push(ms); };
+        const ok = {status: 200, body: {model: {name: "m", version: "1"}, results: [{predictions: []}]}};
+        const busy = (retryAfter) => ({status: 503, headers: retryAfter ? {"Retry-After": retryAfter} : {},
+                                       body: {error: {code: "STORAGE_UNAVAILABLE", message: "later", status: 503}}});
+        const outcome = async (client, request) => {
+          try { await client.classify(request); return "ok"; } catch (error) { return `${error.status} ${error.code}`; }
+        };
+        const image = {blob: new Blob(["x"], {type: "image/jpeg"})};
+
+        const warming = scripted([busy("5"), busy("120"), "offline", ok]);
+        const notices = [];
+        const client = new ApiClient({apiBase: "https://api.example", apiKey: "k", fetch: warming.fetch, sleep});
+        const onRetry = (n) => notices.push([n.attempt, n.delaySeconds, n.error.code]);
+        const first = await outcome(client, {model: "m", image, onRetry});
+        const retryWaits = waits.splice(0);
+
+        const down = scripted([busy(null), busy(null), busy(null), busy(null)]);
+        const second = await outcome(new ApiClient({fetch: down.fetch, sleep}), {model: "m", image});
+        const backoffWaits = waits.splice(0);
+
+        const quota = scripted([{status: 429, body: {code: 429, message: "RESOURCE_EXHAUSTED"}}]);
+        const third = await outcome(new ApiClient({fetch: quota.fetch, sleep}), {model: "m", image});
+
+        const unknown = scripted([{status: 404, body: {error: {code: "UNKNOWN_MODEL", message: "no", status: 404}}}]);
+        const fourth = await outcome(new ApiClient({fetch: unknown.fetch, sleep}), {model: "m", image});
+
+        const now = Date.parse("2030-01-01T00:00:00Z");
+        return {first, notices, retryWaits, firstCall: warming.calls[0], calls: warming.calls.length,
+                second, backoffWaits, third, quotaCalls: quota.calls.length, fourth, waitsAfter: waits.length,
+                retryAfter: [parseRetryAfter("7"), parseRetryAfter("Tue, 01 Jan 2030 00:00:09 GMT", now),
+                             parseRetryAfter("soon"), parseRetryAfter(null)]};
+    """)
+    assert result["first"] == "ok"
+    assert result["notices"] == [[1, 5, "STORAGE_UNAVAILABLE"], [2, 30, "STORAGE_UNAVAILABLE"], [3, 8, "NETWORK_ERROR"]]
+    assert result["retryWaits"] == [5000, 30000, 8000]  # Retry-After, capped at 30 s; else 2, 4, 8 s
+    assert result["firstCall"] == {"url": "https://api.example/v1/models/m:classify?top_k=5", "method": "POST",
+                                   "key": "k"}
+    assert result["calls"] == 4
+    assert result["second"] == "503 STORAGE_UNAVAILABLE"
+    assert result["backoffWaits"] == [2000, 4000, 8000]
+    assert result["third"] == "429 QUOTA_EXCEEDED"
+    assert result["quotaCalls"] == 1
+    assert result["fourth"] == "404 UNKNOWN_MODEL"
+    assert result["waitsAfter"] == 0
+    assert result["retryAfter"] == [7, 9, None, None]
+
+
+def test_every_error_code_reads_as_a_sentence_without_codes_or_jargon(blank_page):
+    sentences = run_module_code(blank_page, """
+        const {explainError, retrySentence} = await load("messages.js");
+        const cases = [
+          [{status: 415, code: "UNSUPPORTED_IMAGE_FORMAT", message: "m"}, {source: "file"}],
+          [{status: 415, code: "UNSUPPORTED_IMAGE_FORMAT", message: "m"}, {source: "gcs"}],
+          [{status: 422, code: "UNDECODABLE_IMAGE", message: "m"}, {}],
+          [{status: 413, code: "PAYLOAD_TOO_LARGE", message: "m"}, {source: "file"}],
+          [{status: 413, code: "IMAGE_TOO_LARGE", message: "m"}, {}],
+          [{status: 429, code: "QUOTA_EXCEEDED", message: "m"}, {}],
+          [{status: 503, code: "STORAGE_UNAVAILABLE", message: "m"}, {}],
+          [{status: 503, code: "BACKEND_UNAVAILABLE", message: "m"}, {}],
+          [{status: 0, code: "NETWORK_ERROR", message: "m"}, {}],
+          [{status: 404, code: "UNKNOWN_MODEL", message: "m"}, {model: "resnet50"}],
+          [{status: 403, code: "FORBIDDEN_SOURCE", message: "m"}, {source: "gcs"}],
+          [{status: 403, code: "FORBIDDEN_SOURCE", message: "m"}, {source: "url"}],
+          [{status: 422, code: "URL_FETCH_FAILED", message: "m"}, {source: "url"}],
+          [{status: 404, code: "OBJECT_NOT_FOUND", message: "m"}, {source: "gcs"}],
+          [{status: 401, code: "HTTP_401", message: "m"}, {}],
+          [{status: 500, code: "INTEGRITY_ERROR", message: "m"}, {model: "lite0"}],
+          [{status: 500, code: "INTERNAL", message: "m"}, {}],
+          [{status: 400, code: "INVALID_TOP_K", message: "m"}, {}],
+          [{status: 418, code: "HTTP_418", message: "m"}, {}],
+        ];
+        return [...cases.map(([error, context]) => explainError(error, context).sentence),
+                retrySentence({attempt: 1, maxRetries: 3, delaySeconds: 5, error: {status: 503}}),
+                retrySentence({attempt: 2, maxRetries: 3, delaySeconds: 1, error: {status: 0}})];
+    """)
+    assert sentences[0] == ("This file is not an image the service can read. "
+                            "Choose a JPEG, PNG, WebP, GIF, BMP or TIFF photo.")
+    assert sentences[5].startswith("Too many requests: the quota")
+    assert sentences[6].startswith("The service is unavailable right now")
+    assert sentences[9].startswith("The model “resnet50” is no longer available.")
+    assert sentences[-2] == ("The service is warming up or briefly unavailable. Trying again in 5 seconds "
+                             "(attempt 1 of 3)…")
+    assert sentences[-1] == "The service could not be reached. Trying again in 1 second (attempt 2 of 3)…"
+    for sentence in sentences:
+        assert sentence[0].isupper() and sentence.endswith((".", "…")), sentence
+        assert "_" not in sentence and "HTTP" not in sentence, sentence  # no codes in what a person reads

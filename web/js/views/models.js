@@ -1,0 +1,74 @@
+/** The model picker: its options and the facts about the chosen model. */
+
+import {h, replaceChildren} from "../dom.js";
+import {byteSize} from "../format.js";
+
+/**
+ * What an option of the model list says: name, version, and the default / untrained notes.
+ *
+ * @param {import("../api.js").ModelSummary} model
+ * @returns {string}
+ */
+export function modelOptionLabel(model) {
+  const notes = [`v${model.version}`];
+  if (model.default) notes.push("default");
+  if (model.random_init) notes.push("untrained");
+  return `${model.name} (${notes.join(", ")})`;
+}
+
+/**
+ * Fill `select` with `models` and select `chosen`.
+ *
+ * @param {HTMLSelectElement} select
+ * @param {import("../api.js").ModelSummary[]} models
+ * @param {string|null} chosen
+ */
+export function renderModelOptions(select, models, chosen) {
+  replaceChildren(select, models.map((model) => h("option", {value: model.name, text: modelOptionLabel(model)})));
+  if (chosen) select.value = chosen;
+  select.disabled = models.length === 0;
+}
+
+/**
+ * A badge that marks a model with random, untrained weights.
+ *
+ * @returns {HTMLElement}
+ */
+export function untrainedBadge() {
+  return h("span", {class: "badge badge-warning", title: "Random weights, published for testing"}, "untrained");
+}
+
+function fact(name, value) {
+  return value === null || value === undefined || value === ""
+    ? null : h("div", {class: "fact"}, h("dt", {text: name}), h("dd", {text: value}));
+}
+
+/**
+ * Describe `model` in `container`: description, input size, classes, weights, accuracy, and
+ * the untrained badge when its manifest says so.
+ *
+ * @param {HTMLElement} container
+ * @param {import("../api.js").ModelSummary|undefined} model
+ */
+export function renderModelDetails(container, model) {
+  if (!model) {
+    replaceChildren(container);
+    return;
+  }
+  const [, height, width] = Array.isArray(model.input_size) ? model.input_size : [];
+  replaceChildren(container,
+    model.default || model.random_init
+      ? h("p", {class: "model-title"}, model.default ? h("span", {class: "badge"}, "default") : null,
+        model.random_init ? untrainedBadge() : null)
+      : null,
+    model.description ? h("p", {class: "model-description", text: model.description}) : null,
+    model.random_init
+      ? h("p", {class: "model-warning", text: "Its weights are random, so its labels mean nothing: it exists for testing."})
+      : null,
+    h("dl", {class: "facts"},
+      fact("Input size", height && width ? `${width} × ${height} px` : null),
+      fact("Classes", model.num_classes ? String(model.num_classes) : null),
+      fact("Version", model.version),
+      fact("Weights", model.weights_bytes ? byteSize(model.weights_bytes) : null),
+      fact("Top-1 accuracy", typeof model.top1_accuracy === "number" ? `${model.top1_accuracy}%` : null)));
+}
