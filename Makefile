@@ -4,8 +4,11 @@ PYTHON := $(VENV)/bin/python
 # This machine's pip serves these from local disk; elsewhere any recent torch works,
 # e.g. make dev TORCH_PIN="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+# checkov has a virtualenv of its own: it installs an `hcl2` module that clashes with python-hcl2's.
+CHECKOV_VENV ?= .local/checkov-venv
+CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: dev test lint bench load venv clean
+.PHONY: dev test lint bench load venv clean bundles checkov-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,13 +18,24 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+	python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	touch $@
+
+checkov-venv: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+# One deployable source directory and zip per function, in build/functions (see docs/deploy.md).
+bundles:
+	python3 scripts/build_bundles.py
+
 dev: venv
 	$(PYTHON) -m devstack.run
 
 lint: venv
-	$(PYTHON) -m ruff check imgclassify devstack functions bench tests
+	$(PYTHON) -m ruff check imgclassify devstack functions bench tests scripts
 
-test: lint
+test: lint checkov-venv
 	$(PYTHON) -m pytest -q
 
 bench: venv

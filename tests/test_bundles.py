@@ -1,0 +1,220 @@
+"""The deployable function bundles: reproducible, pinned, and self-contained.
+
+The self-containment tests serve real requests from a built bundle under functions-framework
+in a separate, isolated Python (``-I``: no PYTHONPATH, no user site, no script directory),
+with this repository's editable install removed from the import system and an import guard
+that refuses ``imgclassify`` from anywhere but the bundle. The guard writes where the package
+came from, so the test proves it rather than assuming it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from devstack.processes import REPO, free_port, spawn, stop, wait_until_answers
+from tests.photos import CAT_INDICES, cat_jpeg
+
+sys.path.insert(0, str(REPO / "scripts"))
+import build_bundles  # noqa: E402
+
+# Makes the repository's own sources unimportable in a fresh `python -I` (argv[1]: the repo root).
+CUT_OFF_REPO = textwrap.dedent(
+    """
+    import os
+    import sys
+
+    repo = sys.argv[1]
+    # The venv has the repository installed in editable mode: drop its finder, its path hook and
+    # placeholder, and any path into the repository (the venv itself may live there: it stays).
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+    venv = os.path.realpath(sys.prefix) + os.sep
+
+
+    def keep(entry):
+        where = os.path.realpath(entry) + os.sep
+        return "__editable__" not in entry and (where.startswith(venv) or not where.startswith(repo + os.sep))
+
+
+    sys.path[:] = [entry for entry in sys.path if entry and keep(entry)]
+    sys.path_importer_cache.clear()
+    """
+)
+
+# Then: imgclassify only from the bundle, and functions-framework serving it.
+LAUNCHER = CUT_OFF_REPO + textwrap.dedent(
+    """
+    import importlib.machinery
+
+    bundle, record, blocked = sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+
+
+    class Guard:
+        \"\"\"imgclassify only from the bundle; the packages in ``blocked`` not at all.\"\"\"
+
+        def find_spec(self, name, path=None, target=None):
+            top = name.partition(".")[0]
+            if top in blocked:
+                raise ImportError(f"{name} is blocked in this test: the function must not need it")
+            if top not in ("imgclassify", "devstack"):
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None:
+                raise ImportError(f"{name} is not in the bundle {bundle}")
+            # imgclassify is a namespace package: its "origin" is the list of its directories.
+            origins = [spec.origin] if spec.origin else list(spec.submodule_search_locations or [])
+            for origin in map(os.path.realpath, origins):
+                if not origin.startswith(bundle + os.sep):
+                    raise ImportError(f"{name} would come from {origin}, outside the bundle {bundle}")
+                with open(record, "a") as out:
+                    out.write(origin + "\\n")
+            return spec
+
+
+    sys.meta_path.insert(0, Guard())
+    sys.argv = ["functions-framework", *sys.argv[5:]]
+    from functions_framework._cli import _cli
+
+    _cli()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles")
+    for function in build_bundles.FUNCTIONS:
+        build_bundles.build_bundle(function, out)
+    return out
+
+
+def serve_bundle(bundle: Path, function: str, env: dict[str, str], workdir: Path, blocked: tuple[str, ...] = ()):
+    """Start ``function`` from ``bundle``; return (url, process, record of imgclassify's origins)."""
+    launcher = workdir / "launcher.py"
+    launcher.write_text(LAUNCHER)
+    record = workdir / f"{function}-imports.txt"
+    port = free_port()
+    bundle = bundle.resolve()
+    command = [sys.executable, "-I", str(launcher), str(REPO.resolve()), str(bundle), str(record),
+               ",".join(blocked) or "-", "--target", function, "--source", str(bundle / "main.py"),
+               "--host", "127.0.0.1", "--port", str(port)]
+    log = open(workdir / f"{function}.log", "wb")
+    process = spawn(command, env={**env, "PYTHONPATH": ""}, cwd=bundle, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answers(url + "/v1/models/none", process, timeout=180)
+    except Exception:
+        stop(process)
+        raise AssertionError((workdir / f"{function}.log").read_text()[-4000:]) from None
+    return url, process, record
+
+
+def test_the_isolated_interpreter_cannot_import_the_repository_copy(tmp_path):
+    """The control for the serving tests below: without a bundle, imgclassify is nowhere to be found."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(CUT_OFF_REPO + "import importlib.util\nprint(importlib.util.find_spec('imgclassify'))\n")
+    found = subprocess.run([sys.executable, "-I", str(probe), str(REPO.resolve())], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "None"
+    plain = subprocess.run([sys.executable, "-I", "-c", "import imgclassify.routes as r; print(r.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert plain.stdout.startswith(str(REPO.resolve())), "the venv was expected to have the repo installed editable"
+
+
+def test_bundle_holds_the_entry_point_the_package_and_pinned_requirements(bundles):
+    for function in build_bundles.FUNCTIONS:
+        bundle = bundles / function
+        assert (bundle / "main.py").read_bytes() == (REPO / "functions" / function / "main.py").read_bytes()
+        shipped = sorted(p.relative_to(bundle / "imgclassify") for p in (bundle / "imgclassify").rglob("*.py"))
+        assert shipped == [p.relative_to(REPO / "imgclassify") for p in build_bundles.package_files()]
+        assert not list(bundle.rglob("__pycache__"))
+        with zipfile.ZipFile(bundles / f"{function}.zip") as archive:
+            names = archive.namelist()
+            assert names == sorted(names)
+            assert {"main.py", "requirements.txt", "imgclassify/http.py"} <= set(names)
+            assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def test_classify_pins_cpu_only_torch_and_list_models_needs_no_torch(bundles):
+    classify = (bundles / "classify" / "requirements.txt").read_text().splitlines()
+    listing = (bundles / "list_models" / "requirements.txt").read_text().splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in classify
+    assert any(re.fullmatch(r"torch==\d+\.\d+\.\d+\+cpu", line) for line in classify)
+    for line in classify + listing:
+        if line and not line.startswith(("#", "-")):
+            assert "==" in line, f"{line!r} is not pinned exactly"
+    assert not [line for line in listing if re.match(r"(torch|efficientnet|safetensors)\b", line)]
+    assert not [line for line in listing if line.startswith("--extra-index-url")]
+
+
+def test_pins_cover_every_runtime_dependency_within_its_declared_range():
+    import tomllib
+
+    _, pins = build_bundles.read_pins()
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in map(Requirement, declared):
+        pinned = Requirement(pins[build_bundles.canonical(requirement.name)])
+        (spec,) = pinned.specifier
+        assert spec.operator == "=="
+        assert requirement.specifier.contains(Version(spec.version).public, prereleases=True), (requirement, spec)
+
+
+def test_zip_is_reproducible_byte_for_byte(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        out.mkdir()
+        build_bundles.build_bundle("classify", out)
+    assert (first / "classify.zip").read_bytes() == (second / "classify.zip").read_bytes()
+
+
+def test_built_classify_bundle_classifies_a_cat_with_the_repository_out_of_reach(
+        bundles, emulator, models_bucket, tmp_path):
+    env = {"STORAGE_EMULATOR_HOST": emulator.url, "MODEL_STORE": f"gs://{models_bucket}",
+           "DEFAULT_MODEL": "efficientnet_lite0", "GOOGLE_CLOUD_PROJECT": "bundle-test"}
+    url, process, record = serve_bundle(bundles / "classify", "classify", env, tmp_path)
+    try:
+        response = requests.post(url + "/v1/models/efficientnet_lite0:classify", data=cat_jpeg(),
+                                 headers={"Content-Type": "image/jpeg"}, timeout=120)
+        assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["predictions"][0]["index"] in CAT_INDICES
+        direct = requests.post(url + "/", data=cat_jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=120)
+        assert direct.status_code == 200, direct.text
+    finally:
+        stop(process)
+    origins = set(record.read_text().split())
+    bundle = str((bundles / "classify").resolve())
+    expected = {f"{bundle}/imgclassify", f"{bundle}/imgclassify/bootstrap.py", f"{bundle}/imgclassify/predict.py"}
+    assert expected <= origins
+    assert all(origin.startswith(bundle + "/") for origin in origins)
+
+
+def test_built_list_models_bundle_lists_models_without_torch_installed(bundles, emulator, models_bucket, tmp_path):
+    env = {"STORAGE_EMULATOR_HOST": emulator.url, "MODEL_STORE": f"gs://{models_bucket}"}
+    url, process, record = serve_bundle(bundles / "list_models", "list_models", env, tmp_path,
+                                        blocked=("torch", "efficientnet_lite_pytorch", "safetensors"))
+    try:
+        listing = requests.get(url + "/v1/models", timeout=60)
+        assert listing.status_code == 200, listing.text
+        assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= {
+            model["name"] for model in listing.json()["models"]}
+        one = requests.get(url + "/v1/models/efficientnet_lite1", timeout=60)
+        assert one.status_code == 200, one.text
+    finally:
+        stop(process)
+    log = (tmp_path / "list_models.log").read_text()
+    assert "is blocked in this test" not in log
+    bundle = str((bundles / "list_models").resolve())
+    assert all(origin.startswith(bundle + "/") for origin in record.read_text().split())
+    assert json.loads(next(line for line in log.splitlines() if "ready" in line))["message"].startswith("list_models")
