@@ -78,16 +78,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def in_process(bucket: str, images: dict, count: int) -> dict:
     """The bare model path in this process: decode + preprocess + forward, no HTTP."""
-    from imgclassify.images import decode_image
     from imgclassify.registry import ModelRegistry
     from imgclassify.storage import GcsStore
 
     model, _ = ModelRegistry(GcsStore(bucket), cache_budget_bytes=2**31, catalog_ttl_seconds=3600).get(MODELS[0])
-    resize = model.manifest.preprocessing.resize
 
     def once(data: bytes) -> float:
         started = time.perf_counter()
-        model.classify([model.preprocess(decode_image(data, max_pixels=10**8, min_side=resize))], 5)
+        model.classify([model.prepare(data, max_pixels=10**8)], 5)
         return (time.perf_counter() - started) * 1000
 
     result = {}
@@ -100,7 +98,7 @@ def in_process(bucket: str, images: dict, count: int) -> dict:
     for _ in range(count):
         once(small)
     result["batch1_images_per_s"] = round(count / (time.perf_counter() - started), 2)
-    prepared = model.preprocess(decode_image(small, max_pixels=10**8, min_side=resize))
+    prepared = model.prepare(small, max_pixels=10**8)
     by_batch = {}
     for batch in (1, 2, 4, 8):
         inputs = [prepared] * batch
@@ -108,7 +106,7 @@ def in_process(bucket: str, images: dict, count: int) -> dict:
         started = time.perf_counter()
         rounds = max(2, count // (2 * batch))
         for _ in range(rounds):
-            inputs = [model.preprocess(decode_image(small, max_pixels=10**8, min_side=resize)) for _ in range(batch)]
+            inputs = [model.prepare(small, max_pixels=10**8) for _ in range(batch)]
             model.classify(inputs, 5)
         by_batch[batch] = round(rounds * batch / (time.perf_counter() - started), 2)
     result["images_per_s_by_batch"] = by_batch

@@ -13,6 +13,7 @@ from PIL import Image
 from .architectures import build_module
 from .catalog import Manifest, version_dir
 from .errors import IntegrityError
+from .images import decode_image
 from .predict import forward, preprocess, top_k
 from .storage import ObjectNotFound, ObjectStore
 
@@ -34,6 +35,11 @@ class LoadedModel:
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return preprocess(image, self.manifest.preprocessing)
+
+    def prepare(self, data: bytes, *, max_pixels: int) -> np.ndarray:
+        """Encoded image bytes to this model's input: safe decode (JPEG draft mode down to what
+        the model needs), then preprocessing. The API and the batch job both call this."""
+        return self.preprocess(decode_image(data, max_pixels=max_pixels, min_side=self.manifest.preprocessing.resize))
 
     def classify(self, inputs: list[np.ndarray], k: int) -> list[list[dict]]:
         """Top-k predictions for preprocessed inputs, run as one batch."""

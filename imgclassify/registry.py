@@ -72,7 +72,9 @@ class ModelRegistry:
 
     def _load(self, key: tuple[str, str]) -> LoadedModel:
         name, version = key
-        return load_model(self.store, read_manifest(self.store, name, version))
+        model = load_model(self.store, read_manifest(self.store, name, version))
+        release_free_memory()  # the download and parse buffers are gone: return their pages
+        return model
 
     def warm_up(self, ref: str | None = None) -> LoadedModel | None:
         """Load ``ref`` (default: the default model) now; log and return None if that fails."""

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from .catalog import read_manifest
 from .errors import ForbiddenSource, PayloadTooLarge, ServiceError
 from .fetch import UrlFetcher, UrlPolicy
-from .images import decode_image
 from .inference import InferenceLane
 from .registry import ModelRegistry
 from .request_parsing import ClassifyRequest, ImageInput
@@ -29,7 +28,7 @@ class Service:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
-        store = open_store(settings.model_store, **_gcs_options(settings))
+        store = open_store(settings.model_store, **settings.gcs_options())
         registry = ModelRegistry(
             store,
             cache_budget_bytes=settings.cache_budget_bytes,
@@ -80,7 +79,7 @@ class Service:
             bucket, name = split_gs_uri(image.gcs_uri)
             if bucket not in self.settings.allowed_gcs_buckets:
                 raise ForbiddenSource(f"bucket {bucket!r} is not one this service may read from")
-            store = GcsStore(bucket, **_gcs_options(self.settings))
+            store = GcsStore(bucket, **self.settings.gcs_options())
             info = store.info(name)
             if info is not None and info.size > self.settings.max_request_bytes:
                 raise PayloadTooLarge(f"{image.gcs_uri} has {info.size} bytes; the limit is "
@@ -93,10 +92,7 @@ class Service:
     def _prepare(self, model, image: ImageInput, index: int, count: int):
         """Fetch, decode and preprocess one image; errors name the image's index in a batch."""
         try:
-            data = self.fetch(image)
-            decoded = decode_image(data, max_pixels=self.settings.max_image_pixels,
-                                   min_side=model.manifest.preprocessing.resize)
-            return model.preprocess(decoded)
+            return model.prepare(self.fetch(image), max_pixels=self.settings.max_image_pixels)
         except ServiceError as error:
             if count > 1:
                 error.message = f"image {index}: {error.message}"
@@ -127,11 +123,3 @@ class Service:
             },
         }
 
-
-def _gcs_options(settings: Settings) -> dict:
-    return {
-        "timeout_seconds": settings.storage_timeout_seconds,
-        "retry_seconds": settings.storage_retry_seconds,
-        "slice_bytes": settings.download_slice_bytes,
-        "workers": settings.download_workers,
-    }

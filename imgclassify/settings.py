@@ -83,6 +83,15 @@ class Settings:
     url_allowed_networks: tuple[str, ...] = field(default_factory=tuple)
     url_fetch_timeout_seconds: float = 10.0
 
+    def gcs_options(self) -> dict:
+        """Keyword arguments for a GcsStore that follows these settings."""
+        return {
+            "timeout_seconds": self.storage_timeout_seconds,
+            "retry_seconds": self.storage_retry_seconds,
+            "slice_bytes": self.download_slice_bytes,
+            "workers": self.download_workers,
+        }
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every setting from ``env`` (default ``os.environ``); raise ConfigError if any is bad."""
