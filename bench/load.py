@@ -24,22 +24,17 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_photos import photos  # noqa: E402
+
 from devstack.emulator import StorageEmulator  # noqa: E402
 from devstack.processes import rss_kib  # noqa: E402
 from devstack.stack import LocalStack  # noqa: E402
 
 
 def write_images(directory: Path) -> None:
-    """A ~450x300 JPEG, a 12-megapixel JPEG and a PNG with alpha, from scikit-image's photos."""
-    from PIL import Image
-    from skimage import data
-
-    cat = Image.fromarray(data.chelsea())
-    cat.save(directory / "small.jpg", quality=90)
-    cat.resize((4000, 3000), Image.BICUBIC).save(directory / "large.jpg", quality=90)
-    coffee = Image.fromarray(data.coffee()).convert("RGBA")
-    coffee.putalpha(200)
-    coffee.save(directory / "alpha.png")
+    """The benchmark's photos as files for locust: small.jpg, large.jpg (12 MP), alpha.png."""
+    for (data, _), name in zip(photos().values(), ("small.jpg", "large.jpg", "alpha.png"), strict=True):
+        (directory / name).write_bytes(data)
 
 
 def warm_up(url: str, images: Path, users: int) -> None:

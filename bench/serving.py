@@ -19,7 +19,6 @@ writes JSON (default ``.local/bench.json``). ``--smoke`` runs a tiny version for
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -37,33 +36,16 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_photos import photos  # noqa: E402
+
 from devstack.emulator import StorageEmulator  # noqa: E402
-from devstack.processes import free_port, rss_kib, spawn, stop  # noqa: E402
+from devstack.processes import free_port, rss_kib, spawn, stop, wait_until_answers  # noqa: E402
 from devstack.stack import LocalStack, function_command  # noqa: E402
 
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 # --- inputs ----------------------------------------------------------------------------------
-
-def photos() -> dict[str, tuple[bytes, str]]:
-    """A ~500x375 JPEG, a 12-megapixel JPEG and a PNG with alpha, made from bundled photos."""
-    from PIL import Image
-    from skimage import data
-
-    def encode(image, fmt, **options) -> bytes:
-        buffer = io.BytesIO()
-        image.save(buffer, fmt, **options)
-        return buffer.getvalue()
-
-    cat = Image.fromarray(data.chelsea()).resize((500, 375), Image.BICUBIC)
-    large = Image.fromarray(data.chelsea()).resize((4000, 3000), Image.BICUBIC)
-    coffee = Image.fromarray(data.coffee()).convert("RGBA")
-    coffee.putalpha(180)
-    return {"small": (encode(cat, "JPEG", quality=90), "image/jpeg"),
-            "12mp": (encode(large, "JPEG", quality=90), "image/jpeg"),
-            "alpha_png": (encode(coffee, "PNG"), "image/png")}
-
 
 def median(values) -> float:
     return round(statistics.median(values), 2)
@@ -221,12 +203,8 @@ def memory(stack: LocalStack, image: tuple[bytes, str], weights_bytes: dict[str,
         process = spawn(function_command("classify", port), env={**stack.env(), **env},
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                requests.get(url + "/", timeout=5)
-                return process, url
-            except requests.ConnectionError:
-                time.sleep(0.05)
+        wait_until_answers(url + "/", process, timeout=180)
+        return process, url
 
     session = requests.Session()
     process, url = fresh({"PRELOAD_DEFAULT_MODEL": "false", "TORCH_THREADS": str(os.cpu_count())})

@@ -38,7 +38,6 @@ class InferenceLane:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
-        self.batches = 0
 
     def preparing(self, model) -> _Preparing:
         """Context for a request that is decoding images for ``model`` (so the lane may wait for it)."""
@@ -100,7 +99,6 @@ class InferenceLane:
                 for job in batch:
                     job.future.set_exception(error)
                 continue
-            self.batches += 1
             start = 0
             for job in batch:
                 job.future.set_result([row[:job.k] for row in rows[start:start + len(job.inputs)]])
