@@ -11,14 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .catalog import Architecture
-from .errors import IntegrityError, ServiceError
-
-
-class ArchitectureUnavailable(ServiceError):
-    """The manifest names a library or builder this deployment cannot build."""
-
-    status = 500
-    code = "ARCHITECTURE_UNAVAILABLE"
+from .errors import ArchitectureUnavailable, IntegrityError
 
 
 def _efficientnet_lite(builder: str, kwargs: dict[str, Any]):

@@ -4,7 +4,9 @@ The cache knows nothing about storage: it calls an injected ``loader(key)`` and 
 values with ``size_of(value)``. Contract:
 
 * at most one load per key runs at a time; concurrent callers for that key wait for it
-  and share its result or its exception (single flight);
+  and share its result or its exception (single flight); a waiter gives up after
+  ``wait_seconds`` with :class:`~imgclassify.errors.ModelLoading` (503, Retry-After), while
+  the load itself goes on and serves later callers;
 * a failed load is not remembered: the next call tries again;
 * loads of different keys run in parallel (the lock is per key, not per cache);
 * after each load the least recently used entries are evicted until the total size fits
@@ -20,7 +22,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
+
+from .errors import ModelLoading
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -30,8 +35,9 @@ log = logging.getLogger(__name__)
 
 class ModelCache(Generic[K, V]):
     def __init__(self, loader: Callable[[K], V], size_of: Callable[[V], int], budget_bytes: int,
-                 on_evict: Callable[[list[K]], object] | None = None) -> None:
+                 on_evict: Callable[[list[K]], object] | None = None, wait_seconds: float | None = None) -> None:
         self._loader = loader
+        self.wait_seconds = wait_seconds
         self._on_evict = on_evict
         self._size_of = size_of
         self.budget_bytes = budget_bytes
@@ -62,7 +68,11 @@ class ModelCache(Generic[K, V]):
             if owner:
                 future = self._loading[key] = Future()
         if not owner:
-            return future.result(), True
+            try:
+                return future.result(timeout=self.wait_seconds), True
+            except FutureTimeout:
+                raise ModelLoading(f"{key} is still loading after {self.wait_seconds:g} s; retry shortly",
+                                   retry_after_seconds=max(1, round(self.wait_seconds))) from None
         return self._load(key, future), True
 
     def _load(self, key: K, future: Future) -> V:

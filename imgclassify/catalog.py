@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .errors import IntegrityError, InvalidRequest, UnknownModel, UnknownVersion
+from .errors import IntegrityError, InvalidModelName, InvalidModelVersion, InvalidRequest, UnknownModel, UnknownVersion
 from .storage import ObjectNotFound, ObjectStore
 
 SCHEMA_VERSION = 1
@@ -46,10 +46,9 @@ def weights_object(name: str, version: str) -> str:
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise InvalidRequest."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-        raise InvalidRequest(
+        raise InvalidModelName(
             f"model name must be 1-64 of a-z, 0-9, '_', '-', '.', starting with a letter or digit; "
-            f"found {str(name)[:80]!r}",
-            code="INVALID_MODEL_NAME",
+            f"found {str(name)[:80]!r}"
         )
     return name
 
@@ -57,9 +56,8 @@ def check_name(name: str) -> str:
 def check_version(version: str) -> str:
     """Return ``version`` if it is a valid version label, else raise InvalidRequest."""
     if not isinstance(version, str) or not _VERSION.fullmatch(version) or ".." in version:
-        raise InvalidRequest(
-            f"model version must be 1-32 of A-Z, a-z, 0-9, '_', '-', '.'; found {str(version)[:80]!r}",
-            code="INVALID_MODEL_NAME",
+        raise InvalidModelVersion(
+            f"model version must be 1-32 of A-Z, a-z, 0-9, '_', '-', '.'; found {str(version)[:80]!r}"
         )
     return version
 
@@ -67,7 +65,7 @@ def check_version(version: str) -> str:
 def parse_model_ref(ref: str) -> tuple[str, str | None]:
     """Split ``name`` or ``name@version`` (``@latest`` is the same as no version)."""
     if not isinstance(ref, str):
-        raise InvalidRequest(f"model must be a string, found {type(ref).__name__}", code="INVALID_MODEL_NAME")
+        raise InvalidModelName(f"model must be a string, found {type(ref).__name__}")
     name, at, version = ref.partition("@")
     check_name(name)
     if not at or version == LATEST:
@@ -242,8 +240,11 @@ class Catalog:
             raise UnknownVersion(f"model {name!r} has no version {version!r} (known: {known})")
         return version
 
-    def default_name(self) -> str | None:
-        """The catalog's default model, or the only/first model when none is marked."""
+    def default_name(self, configured: str | None = None) -> str | None:
+        """The default model, decided here only: ``configured`` (the DEFAULT_MODEL setting) when
+        given, else the catalog's marked default, else the first model by name."""
+        if configured:
+            return configured
         if self.default_model in self.models:
             return self.default_model
         return min(self.models) if self.models else None
@@ -274,9 +275,9 @@ class Catalog:
         default = self.default_model if self.default_model in models else None
         return replace(self, models=models, default_model=default)
 
-    def listing(self) -> list[dict[str, Any]]:
+    def listing(self, configured_default: str | None = None) -> list[dict[str, Any]]:
         """The latest version of every model, with all version labels, default first then by name."""
-        default = self.default_name()
+        default = self.default_name(configured_default)
         rows = []
         for name in sorted(self.models, key=lambda key: (key != default, key)):
             entry = self.models[name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import re
 import socket
 import ssl
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from .errors import ForbiddenSource, InvalidRequest, PayloadTooLarge, ServiceError
+from .errors import ForbiddenSource, InvalidUrl, PayloadTooLarge, UrlFetchFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -27,13 +28,8 @@ Resolver = Callable[[str, int], list[str]]
 _BLOCKED_HOSTNAMES = {"metadata.google.internal", "metadata", "metadata.goog"}
 _REDIRECTS = {301, 302, 303, 307, 308}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-class UrlFetchFailed(ServiceError):
-    """The URL was allowed but did not give an image (no answer, an HTTP error, a timeout)."""
-
-    status = 422
-    code = "URL_FETCH_FAILED"
+# What http.client refuses in a request target (it would raise, not send).
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -63,7 +59,7 @@ def system_resolver(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (numeric spellings like ``127.1`` included)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as error:
+    except (OSError, UnicodeError, ValueError) as error:  # ValueError: e.g. a NUL in the name
         raise UrlFetchFailed(f"cannot resolve host {host!r}: {error}") from None
     return sorted({info[4][0] for info in infos})
 
@@ -112,18 +108,25 @@ class UrlFetcher:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as error:
-            raise InvalidRequest(f"invalid URL: {error}", code="INVALID_URL") from None
+            raise InvalidUrl(f"invalid URL: {error}") from None
         scheme = parts.scheme.lower()
         if scheme not in self.policy.schemes:
             raise ForbiddenSource(f"URL scheme {scheme or '(none)'!r} is not allowed; use "
                                   f"{' or '.join(self.policy.schemes)}")
         host = (parts.hostname or "").rstrip(".").lower()
         if not host:
-            raise InvalidRequest("the URL has no host", code="INVALID_URL")
+            raise InvalidUrl("the URL has no host")
+        try:
+            host = host.encode("idna").decode("ascii")  # the Host header and DNS take ASCII only
+        except UnicodeError:
+            raise InvalidUrl(f"the URL's host {host[:80]!r} is not a valid domain name") from None
         if parts.username or parts.password:
             raise ForbiddenSource("URLs with credentials are not allowed")
         if host in _BLOCKED_HOSTNAMES or host.endswith(".internal"):
             raise ForbiddenSource(f"host {host!r} is not allowed")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if _UNSENDABLE.search(path) or not path.isascii():
+            raise InvalidUrl("the URL's path has spaces, control or non-ASCII characters; percent-encode them")
         port = port or (443 if scheme == "https" else 80)
         addresses = [ipaddress.ip_address(a.split("%")[0]) for a in self.resolver(host, port)]
         if not addresses:
@@ -131,7 +134,6 @@ class UrlFetcher:
         refused = [str(a) for a in addresses if not self.policy.address_allowed(a)]
         if refused:
             raise ForbiddenSource(f"host {host!r} resolves to a non-public address ({', '.join(refused)})")
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return Target(scheme, host, port, str(addresses[0]), path)
 
     def fetch(self, url: str) -> bytes:

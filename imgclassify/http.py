@@ -13,7 +13,9 @@ import time
 
 from werkzeug.wrappers import Request, Response
 
+from .contract import openapi_document
 from .errors import MethodNotAllowed, NotFound, ServiceError
+from .images import pixel_budget
 from .logs import trace_fields
 from .request_parsing import parse_classify_request
 from .routes import ROOT_ROUTES, match
@@ -67,12 +69,14 @@ class HttpApp:
         if found is None and request.path in ("", "/"):
             found = ROOT_ROUTES[self.function], {}
         if found is None or found[0].function != self.function:
-            raise NotFound(f"no route {request.path!r} here", code="NOT_FOUND")
+            raise NotFound(f"no route {request.path[:200]!r} here")
         route, params = found
         if request.method != route.method and not (route.method == "GET" and request.method == "HEAD"):
             raise MethodNotAllowed(request.method, [route.method, "OPTIONS"])
         if route.function == "classify":
             return self._classify(request, params.get("name"), context)
+        if route.operation == "getOpenApi":
+            return self._cacheable(request, openapi_document())
         if "name" in params:
             return self._cacheable(request, self.service.describe_model(params["name"]))
         return self._cacheable(request, self.service.list_models())
@@ -81,7 +85,9 @@ class HttpApp:
         settings = self.service.settings
         parsed = parse_classify_request(request, path_model=path_model, max_bytes=settings.max_request_bytes,
                                         max_images=settings.max_images_per_request)
-        result = self.service.classify(parsed)
+        # Every image this request decodes, wherever it comes from, is charged to one budget.
+        with pixel_budget(settings.max_request_pixels):
+            result = self.service.classify(parsed)
         context.update(model=result["model"]["name"], version=result["model"]["version"],
                        cold=result["cold_start"], images=len(parsed.images))
         return json_response(result)

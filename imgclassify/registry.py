@@ -53,7 +53,7 @@ class ModelRegistry:
             return self._catalog
 
     def default_name(self) -> str:
-        name = self.configured_default or self.catalog().default_name()
+        name = self.catalog().default_name(self.configured_default)
         if name is None:
             raise UnknownModel("no model is published yet; publish one with `python -m imgclassify.publish`")
         return name

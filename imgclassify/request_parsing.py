@@ -17,7 +17,20 @@ from typing import Any
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request
 
-from .errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from .errors import (
+    ConflictingModel,
+    EmptyBody,
+    InvalidBase64,
+    InvalidJson,
+    InvalidModelName,
+    InvalidRequest,
+    InvalidTopK,
+    MissingImage,
+    PayloadTooLarge,
+    TooManyImages,
+    UnsupportedMediaType,
+)
+from .storage import split_object_uri
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
@@ -39,30 +52,34 @@ class ClassifyRequest:
     images: tuple[ImageInput, ...]
 
 
+def _shown(value: Any) -> str:
+    """A short description of a client's value for a message: never a deep repr (containers can
+    be nested a thousand levels, and repr() would recurse through all of them)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return repr(value if not isinstance(value, str) else value[:40])[:60]
+    return type(value).__name__
+
+
 def parse_top_k(value: Any) -> int:
     """``top_k`` as an int in 1..100; strings of digits are accepted (query parameters)."""
     if value is None:
         return DEFAULT_TOP_K
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InvalidRequest(f"top_k must be a whole number from 1 to {MAX_TOP_K}, found {value!r}",
-                             code="INVALID_TOP_K")
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidRequest(f"top_k must be a whole number from 1 to {MAX_TOP_K}, found {str(value)[:40]!r}",
-                             code="INVALID_TOP_K") from None
+        raise InvalidTopK(f"top_k must be a whole number from 1 to {MAX_TOP_K}, found {_shown(value)}")
+    if isinstance(value, str) and not (value.isascii() and value.strip().lstrip("+-").isdigit() and len(value) < 20):
+        raise InvalidTopK(f"top_k must be a whole number from 1 to {MAX_TOP_K}, found {_shown(value)}")
+    number = int(value)
     if not 1 <= number <= MAX_TOP_K:
-        raise InvalidRequest(f"top_k must be from 1 to {MAX_TOP_K}, found {number}", code="INVALID_TOP_K")
+        raise InvalidTopK(f"top_k must be from 1 to {MAX_TOP_K}, found {_shown(number)}")
     return number
 
 
 def _choose_model(path_model: str | None, query_model: str | None, body_model: Any) -> str | None:
-    given = [m for m in (path_model, query_model, body_model) if m not in (None, "")]
     if body_model not in (None, "") and not isinstance(body_model, str):
-        raise InvalidRequest(f"model must be a string, found {type(body_model).__name__}", code="INVALID_MODEL_NAME")
+        raise InvalidModelName(f"model must be a string, found {type(body_model).__name__}")
+    given = [m for m in (path_model, query_model, body_model) if m not in (None, "")]
     if len(set(given)) > 1:
-        raise InvalidRequest(f"the request names different models: {', '.join(map(str, given))}",
-                             code="CONFLICTING_MODEL")
+        raise ConflictingModel(f"the request names different models: {', '.join(_shown(m) for m in given)}")
     return given[0] if given else None
 
 
@@ -79,10 +96,12 @@ def _instance(index: int, item: Any) -> ImageInput:
         try:
             return ImageInput(data=base64.b64decode(value, validate=True))
         except (binascii.Error, ValueError):
-            raise InvalidRequest(f"instances[{index}].b64 is not valid base64", code="INVALID_BASE64") from None
+            raise InvalidBase64(f"instances[{index}].b64 is not valid base64") from None
     if keys[0] == "gcs_uri":
-        if not value.startswith("gs://"):
-            raise InvalidRequest(f"instances[{index}].gcs_uri must start with gs://")
+        try:
+            split_object_uri(value)
+        except InvalidRequest as error:
+            raise type(error)(f"instances[{index}].gcs_uri: {error.message}") from None
         return ImageInput(gcs_uri=value)
     return ImageInput(url=value)
 
@@ -90,8 +109,11 @@ def _instance(index: int, item: Any) -> ImageInput:
 def _parse_json(body: bytes) -> tuple[list[ImageInput], Any, Any]:
     try:
         payload = json.loads(body)
+    except RecursionError:
+        # json's C decoder recurses once per nesting level and stops at the recursion limit.
+        raise InvalidJson("the JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the body is not valid JSON", code="INVALID_JSON") from None
+        raise InvalidJson("the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise InvalidRequest(f"the JSON body must be an object, found {type(payload).__name__}")
     instances = payload.get("instances")
@@ -112,14 +134,14 @@ def parse_classify_request(request: Request, *, path_model: str | None, max_byte
         if mimetype == "multipart/form-data":
             images = [ImageInput(data=part.read()) for part in request.files.getlist("image")]
             if not images:
-                raise InvalidRequest('the multipart body has no "image" file field', code="MISSING_IMAGE")
+                raise MissingImage('the multipart body has no "image" file field')
             body_model, body_top_k = request.form.get("model"), request.form.get("top_k")
         else:
             body = request.get_data(cache=False)
             if len(body) > max_bytes:
                 raise PayloadTooLarge(f"the body has more than {max_bytes} bytes")
             if not body:
-                raise InvalidRequest("the request body is empty; send an image", code="EMPTY_BODY")
+                raise EmptyBody("the request body is empty; send an image")
             if mimetype == "application/json":
                 images, body_model, body_top_k = _parse_json(body)
             elif mimetype.startswith("image/") or mimetype == "application/octet-stream":
@@ -134,13 +156,13 @@ def parse_classify_request(request: Request, *, path_model: str | None, max_byte
     except HTTPException as error:
         raise InvalidRequest(f"the body cannot be parsed: {error.description}") from None
     if len(images) > max_images:
-        raise PayloadTooLarge(f"the request has {len(images)} images; the limit is {max_images}",
-                              code="TOO_MANY_IMAGES")
+        raise TooManyImages(f"the request has {len(images)} images; the limit is {max_images}")
     query_top_k = request.args.get("top_k")
-    if query_top_k is not None and body_top_k is not None and str(query_top_k) != str(body_top_k):
-        raise InvalidRequest("top_k is given twice with different values", code="INVALID_TOP_K")
+    top_k = parse_top_k(body_top_k if body_top_k is not None else query_top_k)
+    if query_top_k is not None and body_top_k is not None and parse_top_k(query_top_k) != top_k:
+        raise InvalidTopK("top_k is given twice with different values")
     return ClassifyRequest(
         model=_choose_model(path_model, request.args.get("model"), body_model),
-        top_k=parse_top_k(body_top_k if body_top_k is not None else query_top_k),
+        top_k=top_k,
         images=tuple(images),
     )

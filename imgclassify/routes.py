@@ -1,6 +1,7 @@
 """The public routes of the HTTP contract, and which function serves each.
 
-The functions, the local router and the gateway spec all follow this one table.
+The functions, the local router, the OpenAPI document (:mod:`imgclassify.contract`) and,
+through it, the gateway spec all follow this one table.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ROUTES = (
     Route("classify", "POST", "/v1/models/{name}:classify", "classifyWithModel"),
     Route("list_models", "GET", "/v1/models/{name}", "getModel"),
     Route("classify", "POST", "/v1/classify", "classify"),
+    Route("list_models", "GET", "/v1/openapi.json", "getOpenApi"),
 )
 
 # A function called on its own URL (no gateway path) does its main job.

@@ -35,6 +35,8 @@ class Service:
             catalog_ttl_seconds=settings.catalog_ttl_seconds,
             default_model=settings.default_model,
         )
+        # Single-flight waiters give up after this long (503 MODEL_LOADING, Retry-After).
+        registry.cache.wait_seconds = settings.model_load_wait_seconds
         fetcher = None
         if settings.url_fetch_enabled:
             policy = UrlPolicy.build(settings.url_fetch_schemes, settings.url_allowed_networks,
@@ -49,8 +51,8 @@ class Service:
     def list_models(self) -> dict:
         """``GET /v1/models``: the latest version of every published model."""
         catalog = self.registry.catalog()
-        default = self.settings.default_model or catalog.default_name()
-        models = [{**row, "default": row["name"] == default} for row in catalog.listing()]
+        default = catalog.default_name(self.registry.configured_default)
+        models = catalog.listing(self.registry.configured_default)
         return {"models": models, "default_model": default}
 
     def describe_model(self, name: str) -> dict:
@@ -61,7 +63,7 @@ class Service:
         entry = catalog.models[name]
         return {
             **manifest.summary(),
-            "default": name == (self.settings.default_model or catalog.default_name()),
+            "default": name == catalog.default_name(self.registry.configured_default),
             "labels": list(manifest.labels),
             "preprocessing": manifest.to_json()["preprocessing"],
             "metadata": manifest.metadata,

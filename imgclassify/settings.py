@@ -65,6 +65,8 @@ class Settings:
     max_request_bytes: int = 20 * 2**20
     max_image_pixels: int = 50_000_000
     max_images_per_request: int = 32
+    max_request_pixels: int = 100_000_000
+    model_load_wait_seconds: float = 60.0
     allowed_gcs_buckets: tuple[str, ...] = field(default_factory=tuple)
     cors_allowed_origins: tuple[str, ...] = ("*",)
     storage_timeout_seconds: float = 30.0
@@ -115,6 +117,8 @@ class Settings:
             max_request_bytes=_int(env, "MAX_REQUEST_MB", 20, 1, 1024) * 2**20,
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000, 1, 1_000_000_000),
             max_images_per_request=_int(env, "MAX_IMAGES_PER_REQUEST", 32, 1, 1024),
+            max_request_pixels=_int(env, "MAX_REQUEST_PIXELS", 100_000_000, 1, 10_000_000_000),
+            model_load_wait_seconds=_float(env, "MODEL_LOAD_WAIT_SECONDS", 60.0, 0.1, 3600.0),
             allowed_gcs_buckets=_list(env, "ALLOWED_GCS_BUCKETS"),
             cors_allowed_origins=_list(env, "CORS_ALLOWED_ORIGINS") or ("*",),
             storage_timeout_seconds=_float(env, "STORAGE_TIMEOUT_SECONDS", 30.0, 0.1, 600.0),

@@ -13,6 +13,7 @@ import fcntl
 import functools
 import io
 import os
+import re
 import tempfile
 import threading
 from abc import ABC, abstractmethod
@@ -22,19 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from .errors import ForbiddenSource, NotFound, PublishError, StorageUnavailable
+from .errors import ForbiddenSource, GenerationMismatch, InvalidGcsUri, ObjectNotFound, StorageUnavailable
 
-
-class ObjectNotFound(NotFound):
-    """The named object does not exist."""
-
-    code = "OBJECT_NOT_FOUND"
-
-
-class GenerationMismatch(PublishError):
-    """A write's precondition failed: somebody else wrote the object first."""
-
-    code = "GENERATION_MISMATCH"
+# Cloud Storage bucket names: 3-222 characters of a-z, 0-9, "-", "_" and ".", starting and
+# ending with a letter or digit (dotted names may be longer than 63; the service checks no more).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,220}[a-z0-9]")
+_MAX_OBJECT_NAME_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -50,12 +44,26 @@ class ObjectInfo:
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
-    """Split ``gs://bucket/name`` into ``(bucket, name)``; raise ValueError if it is not one."""
-    if not uri.startswith("gs://"):
-        raise ValueError(f"expected a gs:// URI, found {uri!r}")
+    """Split ``gs://bucket[/name]`` into ``(bucket, name)``; raise InvalidGcsUri (400) if it is not one."""
+    if not isinstance(uri, str) or not uri.startswith("gs://"):
+        raise InvalidGcsUri(f"expected gs://BUCKET/OBJECT, found {str(uri)[:80]!r}")
     bucket, _, name = uri[5:].partition("/")
-    if not bucket:
-        raise ValueError(f"a gs:// URI needs a bucket, found {uri!r}")
+    if not _BUCKET.fullmatch(bucket):
+        raise InvalidGcsUri(f"a gs:// URI needs a bucket name (3-222 of a-z, 0-9, '-', '_', '.'), "
+                            f"found {bucket[:80]!r}")
+    return bucket, name
+
+
+def split_object_uri(uri: str) -> tuple[str, str]:
+    """Split ``gs://bucket/object``, which must name an object Cloud Storage could hold."""
+    bucket, name = split_gs_uri(uri)
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
+        raise InvalidGcsUri("the object name is not valid Unicode") from None
+    if not name or size > _MAX_OBJECT_NAME_BYTES or name in (".", "..") or any(c in name for c in "\r\n\0"):
+        raise InvalidGcsUri(f"gs://{bucket}/ needs an object name of 1-{_MAX_OBJECT_NAME_BYTES} bytes "
+                            f"without line breaks or NUL, found {name[:80]!r}")
     return bucket, name
 
 

@@ -59,6 +59,64 @@ def exif_rotated_cat() -> bytes:
     return encode(sideways, "JPEG", quality=92, exif=exif.tobytes())
 
 
+def _riff_chunk(tag: bytes, data: bytes) -> bytes:
+    return tag + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
+
+
+def animated_webp(width: int, height: int) -> bytes:
+    """A ~90-byte animated WebP: a 1x1 frame on a declared ``width`` x ``height`` canvas.
+
+    libwebp composites every frame onto the whole canvas: 16 000 000 x 1 (16 Mpx, under the
+    pixel limit) takes it 17 s, which is what a hostile client sends.
+    """
+    frame = encode(Image.new("RGB", (1, 1), (200, 10, 10)), "WEBP", lossless=True)
+    start = frame.index(b"VP8L")
+    vp8l = frame[start:start + 8 + struct.unpack("<I", frame[start + 4:start + 8])[0]]
+    vp8l += b"\0" * (len(vp8l) % 2)
+
+    def u24(value: int) -> bytes:
+        return struct.pack("<I", value)[:3]
+
+    body = (b"WEBP" + _riff_chunk(b"VP8X", bytes([0x12, 0, 0, 0]) + u24(width - 1) + u24(height - 1))
+            + _riff_chunk(b"ANIM", struct.pack("<IH", 0xFFFFFFFF, 0))
+            + _riff_chunk(b"ANMF", u24(0) * 4 + u24(100) + b"\0" + vp8l))
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def exif_block(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """A raw little-endian EXIF block from ``(tag, TIFF type, count, payload)`` entries, any
+    type for any tag: what a camera or editor with a bug writes (Pillow refuses to)."""
+    ifd, extra = struct.pack("<H", len(entries)), b""
+    data_offset = 8 + 2 + 12 * len(entries) + 4
+    for tag, kind, count, payload in sorted(entries):
+        if len(payload) <= 4:
+            ifd += struct.pack("<HHI", tag, kind, count) + payload.ljust(4, b"\0")
+        else:
+            ifd += struct.pack("<HHII", tag, kind, count, data_offset + len(extra))
+            extra += payload + b"\0" * (len(payload) % 2)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + extra
+
+
+ORIENTATION_6 = (0x0112, 3, 1, struct.pack("<H", 6))
+MISTYPED_EXIF_TAGS = {
+    "DateTime typed FLOAT": (0x0132, 11, 1, struct.pack("<f", 1.5)),
+    "XResolution typed ASCII": (0x011A, 2, 4, b"abc\0"),
+    "XMP typed DOUBLE": (0x02BC, 12, 1, struct.pack("<d", 2.5)),
+}
+
+
+def rotated_cat_with_mistyped_exif(tag: str) -> bytes:
+    """The cat stored sideways, EXIF orientation 6, plus one mistyped tag."""
+    sideways = Image.fromarray(real_photo("chelsea")).transpose(Image.ROTATE_90)
+    return encode(sideways, "JPEG", quality=92, exif=exif_block(ORIENTATION_6, MISTYPED_EXIF_TAGS[tag]))
+
+
+def sixteen_bit_png(side: int = 7070) -> bytes:
+    """A maximum-size (50 Mpx) 16-bit grayscale PNG that compresses to ~100 kB."""
+    gradient = np.linspace(0, 65535, side, dtype=np.uint16)
+    return encode(Image.fromarray(np.broadcast_to(gradient, (side, side)).copy()), "PNG")
+
+
 def heic_like() -> bytes:
     return b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 200
 
@@ -111,6 +169,22 @@ def cases(max_request_bytes: int, max_images: int, forbidden_bucket: str) -> lis
         ("grayscale", classify, raw(encode(Image.fromarray(real_photo("chelsea")).convert("L"), "JPEG")), 200, None),
         ("palette with transparency", classify, raw(palette_with_transparency(), "image/png"), 200, "cat"),
         ("exif-rotated photo", classify, raw(exif_rotated_cat()), 200, "cat"),
+        *[(f"exif-rotated photo, {tag}", classify, raw(rotated_cat_with_mistyped_exif(tag)), 200, "cat")
+          for tag in MISTYPED_EXIF_TAGS],
+        ("animated webp, 16000000x1 canvas", classify, raw(animated_webp(16_000_000, 1), "image/webp"),
+         413, "IMAGE_TOO_LARGE"),
+        ("json nested 100000 deep", classify, as_json("[" * 100_000 + "]" * 100_000), 400, "INVALID_JSON"),
+        ("instances nested 100000 deep", classify, as_json('{"instances": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+         400, "INVALID_JSON"),
+        ("top_k nested 900 deep", classify,
+         as_json('{"instances": [{"b64": "aW1n"}], "top_k": ' + "[" * 900 + "]" * 900 + "}"), 400, "INVALID_TOP_K"),
+        ("gcs_uri gs://", classify, as_json({"instances": [{"gcs_uri": "gs://"}]}), 400, "INVALID_GCS_URI"),
+        ("gcs_uri gs:///x", classify, as_json({"instances": [{"gcs_uri": "gs:///x"}]}), 400, "INVALID_GCS_URI"),
+        ("gcs_uri without object", classify, as_json({"instances": [{"gcs_uri": "gs://allowed-bucket/"}]}),
+         400, "INVALID_GCS_URI"),
+        ("bad version", "/v1/models/efficientnet_lite0@..:classify", raw(cat), 400, "INVALID_MODEL_VERSION"),
+        ("url with a space", classify, as_json({"instances": [{"url": "https://8.8.8.8/a b.jpg"}]}),
+         400, "INVALID_URL"),
         ("1x1 image", classify, raw(encode(np.full((1, 1, 3), 200, np.uint8), "PNG"), "image/png"), 200, None),
         ("extreme aspect ratio", classify, raw(encode(np.full((2, 6000, 3), 90, np.uint8), "PNG"), "image/png"),
          200, None),

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from imgclassify.cache import ModelCache
+from imgclassify.errors import ModelLoading
 
 WAIT = 10.0  # seconds; generous upper bound for every wait so a broken cache fails instead of hanging
 
@@ -276,3 +277,43 @@ def test_a_value_larger_than_the_budget_is_still_cached_alone():
     assert cache.total_bytes == 150
     assert cache.get("huge") == (huge, False)
     assert loader.calls == ["a", "b", "huge"]
+
+
+# --- waiting for another request's load ---------------------------------------------------------
+
+def test_a_waiter_gives_up_after_wait_seconds_with_503_while_the_load_goes_on_and_serves_later():
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_load(key):
+        started.set()
+        assert release.wait(timeout=WAIT)
+        return "model"
+
+    cache = ModelCache(CountingLoader(slow_load), size_of=lambda value: 1, budget_bytes=100, wait_seconds=0.2)
+    owner = run_threads(lambda: cache.get("resnet"), 1)
+    wait_until(started.is_set, "the first load started")
+
+    began = time.monotonic()
+    with pytest.raises(ModelLoading) as caught:
+        cache.get("resnet")
+    waited = time.monotonic() - began
+
+    assert 0.2 <= waited < WAIT
+    assert caught.value.status == 503
+    assert caught.value.headers() == {"Retry-After": "1"}
+    release.set()
+    join_all(owner)
+    assert cache.get("resnet") == ("model", False)
+    assert cache.loads == 1
+
+
+def test_without_wait_seconds_a_waiter_waits_for_the_load():
+    release = threading.Event()
+    cache = ModelCache(CountingLoader(lambda key: release.wait(timeout=WAIT) and "model"),
+                       size_of=lambda value: 1, budget_bytes=100)
+    run_threads(lambda: cache.get("resnet"), 1)
+    wait_until(lambda: cache._loading, "the first load started")
+    threading.Timer(0.3, release.set).start()
+
+    assert cache.get("resnet") == ("model", True)

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from imgclassify.errors import PayloadTooLarge, ServiceError, UndecodableImage, UnsupportedMediaType
-from imgclassify.images import decode_image
+from imgclassify.images import decode_image, pixel_budget
+from tests.bad_inputs import (
+    MISTYPED_EXIF_TAGS,
+    animated_webp,
+    png_bomb,
+    rotated_cat_with_mistyped_exif,
+    sixteen_bit_png,
+)
 from tests.photos import encode, real_photo
 
 MAX_PIXELS = 50_000_000
@@ -476,3 +483,105 @@ def test_a_grayscale_jpeg_decodes_to_rgb_in_draft_mode():
     assert image.mode == "RGB"
     assert min(image.size) >= 100
     assert np.abs(pixels(image) - 77).max() <= 2
+
+
+# --- Hostile headers and metadata (issue 12) ----------------------------------------------------
+
+@pytest.mark.parametrize("tag", sorted(MISTYPED_EXIF_TAGS))
+def test_a_mistyped_exif_tag_is_ignored_and_the_orientation_still_applied(chelsea, tag):
+    image = decode(rotated_cat_with_mistyped_exif(tag))
+
+    assert image.size == (chelsea.shape[1], chelsea.shape[0])
+    assert np.abs(pixels(image) - chelsea).mean() < 4
+
+
+def test_an_unreadable_exif_block_leaves_the_image_as_stored():
+    stored = quadrants()
+    data = encode(stored, "JPEG", quality=95, exif=b"Exif\x00\x00II*\x00\xff\xff\xff\xff garbage")
+
+    image = decode(data)
+
+    assert image.size == (64, 48)
+
+
+def test_an_animated_webp_with_a_16_megapixel_one_row_canvas_is_refused_from_its_header():
+    data = animated_webp(16_000_000, 1)
+    assert len(data) < 100
+
+    with pytest.raises(PayloadTooLarge) as caught:
+        decode(data)
+
+    assert caught.value.code == "IMAGE_TOO_LARGE"
+    assert "65535" in caught.value.message
+
+
+def test_a_side_of_65535_is_allowed_and_one_more_is_not():
+    assert decode(animated_webp(65535, 1)).size == (65535, 1)
+    with pytest.raises(PayloadTooLarge):
+        decode(png_bomb(65536, 1))
+
+
+def test_the_pixel_budget_refuses_the_image_that_would_pass_it_and_counts_what_was_decoded():
+    small = encode(quadrants(), "PNG")  # 64 x 48 = 3072 pixels
+
+    with pixel_budget(3 * 3072) as budget:
+        for _ in range(3):
+            decode(small)
+        with pytest.raises(PayloadTooLarge) as caught:
+            decode(small)
+
+    assert caught.value.code == "PIXEL_BUDGET_EXCEEDED"
+    assert budget.used == 3 * 3072
+
+
+def test_the_pixel_budget_charges_a_jpeg_only_the_pixels_draft_mode_decodes(big_jpeg):
+    with pixel_budget(10_000_000) as budget:
+        image = decode(big_jpeg, min_side=256)
+
+    assert budget.used == image.size[0] * image.size[1] < 12_000_000 / 16
+
+
+def test_no_budget_applies_outside_a_request():
+    for _ in range(3):
+        decode(encode(quadrants(), "PNG"))
+
+
+def test_a_16_bit_grayscale_png_with_a_trns_colour_key_is_composited_on_white():
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return png_chunk(kind, payload)
+
+    rows = b"".join(b"\0" + struct.pack(">4H", *values) for values in ([1000, 30000, 60000, 1000],))
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 1, 16, 0, 0, 0, 0))
+            + chunk(b"tRNS", struct.pack(">H", 1000)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+    image = decode(data)
+
+    assert pixels(image)[0, :, 0].tolist() == [255, round(30000 * 255 / 65535), round(60000 * 255 / 65535), 255]
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([0.0, 0.25, 0.5, 1.0], [0, 64, 128, 255]),          # the usual 0..1 convention
+    ([0.0, 10.0, 128.0, 255.0], [0, 10, 128, 255]),     # 8-bit values stored as floats
+    ([-1.0, 0.0, 1.0, 3.0], [0, 64, 128, 255]),         # anything else: scaled from its range
+])
+def test_a_float_tiff_is_scaled_to_8_bits_not_black(values, expected):
+    data = encode(Image.fromarray(np.array([values], np.float32), "F"), "TIFF")
+
+    image = decode(data)
+
+    assert image.mode == "RGB"
+    assert pixels(image)[0, :, 0].tolist() == expected
+
+
+def test_a_float_tiff_with_nan_and_infinity_decodes():
+    data = encode(Image.fromarray(np.array([[np.nan, np.inf, -np.inf, 0.5]], np.float32), "F"), "TIFF")
+
+    assert pixels(decode(data))[0, 3, 0] == 128
+
+
+def test_a_maximum_size_16_bit_png_converts_with_integer_rounding():
+    image = decode(sixteen_bit_png(1000))
+
+    row = pixels(image)[0, :, 0]
+    assert row[0] == 0 and row[-1] == 255
+    assert np.all(np.diff(row) >= 0)

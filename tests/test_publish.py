@@ -23,7 +23,7 @@ from imgclassify.catalog import (
     read_manifest,
     weights_object,
 )
-from imgclassify.errors import InvalidRequest, PublishError
+from imgclassify.errors import InvalidRequest, PublishError, UnknownVersion
 from imgclassify.publish import (
     main,
     next_version,
@@ -329,7 +329,7 @@ def test_remove_of_an_unknown_version_is_an_error_and_changes_nothing(store, nam
     publish(store, tiny_manifest(), tiny_weights())
     before = snapshot(store)
 
-    with pytest.raises(PublishError) as caught:
+    with pytest.raises(UnknownVersion) as caught:
         remove(store, name, version)
 
     assert caught.value.code == "UNKNOWN_VERSION"

@@ -62,12 +62,12 @@ def test_multipart_without_image_field_is_a_bad_request():
 
 
 def test_json_instances_decode_base64_and_keep_uris():
-    body = {"instances": [{"b64": base64.b64encode(b"img").decode()}, {"gcs_uri": "gs://b/o.jpg"},
+    body = {"instances": [{"b64": base64.b64encode(b"img").decode()}, {"gcs_uri": "gs://bkt/o.jpg"},
                           {"url": "https://example.com/x.jpg"}], "top_k": 7, "model": "m"}
     parsed = parse(request(data=json.dumps(body), content_type="application/json"))
 
     assert parsed.images[0].data == b"img"
-    assert parsed.images[1].gcs_uri == "gs://b/o.jpg"
+    assert parsed.images[1].gcs_uri == "gs://bkt/o.jpg"
     assert parsed.images[2].url == "https://example.com/x.jpg"
     assert (parsed.model, parsed.top_k) == ("m", 7)
 
@@ -82,7 +82,7 @@ def test_json_instances_decode_base64_and_keep_uris():
     ('{"instances": [{"b64": "a", "gcs_uri": "gs://b/o"}]}', "INVALID_REQUEST"),
     ('{"instances": [{"b64": "!!!not base64"}]}', "INVALID_BASE64"),
     ('{"instances": [{"b64": 5}]}', "INVALID_REQUEST"),
-    ('{"instances": [{"gcs_uri": "http://x/y"}]}', "INVALID_REQUEST"),
+    ('{"instances": [{"gcs_uri": "http://x/y"}]}', "INVALID_GCS_URI"),
     ('{"instances": [{"b64": "aW1n"}], "model": 3}', "INVALID_MODEL_NAME"),
     ('{"instances": [{"b64": "aW1n"}], "top_k": "abc"}', "INVALID_TOP_K"),
 ])
@@ -134,3 +134,49 @@ def test_top_k_outside_1_to_100_or_not_whole_is_rejected(value):
 @pytest.mark.parametrize("value, expected", [(None, 5), (1, 1), ("100", 100), (42, 42)])
 def test_top_k_accepts_whole_numbers_from_1_to_100(value, expected):
     assert parse_top_k(value) == expected
+
+
+# --- Hostile values (issue 12) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    "[" * 100_000 + "]" * 100_000,
+    '{"instances": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    '{"instances": [' + '{"b64": ' * 50_000 + "1" + "}" * 50_000 + "]}",
+])
+def test_json_nested_deeper_than_the_decoder_recurses_is_invalid_json_not_a_crash(body):
+    with pytest.raises(InvalidRequest) as error:
+        parse(request(data=body, content_type="application/json"), max_bytes=2**20)
+    assert error.value.code == "INVALID_JSON"
+    assert "nested too deeply" in error.value.message
+
+
+@pytest.mark.parametrize("field", ["top_k", "model"])
+def test_a_deeply_nested_value_in_a_field_is_reported_by_type_without_recursing(field):
+    nested = "[" * 950 + "]" * 950
+    body = '{"instances": [{"b64": "aW1n"}], "' + field + '": ' + nested + '}'
+
+    with pytest.raises(InvalidRequest) as error:
+        parse(request(data=body, content_type="application/json"), max_bytes=2**20)
+
+    assert error.value.code == ("INVALID_TOP_K" if field == "top_k" else "INVALID_MODEL_NAME")
+    assert "list" in error.value.message
+
+
+@pytest.mark.parametrize("uri", ["gs://", "gs:///x", "gs://bkt", "gs://bkt/", "gs://B/x", "gs://a/x",
+                                 "gs://bkt/a\nb", "gs://bkt/\ud800", "gs://bkt/" + "o" * 1025, "gs://bkt/..",
+                                 "gs:/bkt/x", "GS://bkt/x"])
+def test_a_gcs_uri_that_names_no_object_is_invalid_gcs_uri(uri):
+    body = json.dumps({"instances": [{"gcs_uri": uri}]})
+
+    with pytest.raises(InvalidRequest) as error:
+        parse(request(data=body, content_type="application/json"), max_bytes=2**20)
+
+    assert error.value.code == "INVALID_GCS_URI"
+    assert error.value.message.startswith("instances[0].gcs_uri")
+
+
+@pytest.mark.parametrize("value", ["1_0", "\u0663", " 5 x", "9" * 5000, "0x10", "5.0"])
+def test_top_k_strings_that_python_would_stretch_into_a_number_are_rejected(value):
+    with pytest.raises(InvalidRequest) as error:
+        parse_top_k(value)
+    assert error.value.code == "INVALID_TOP_K"
