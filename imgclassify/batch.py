@@ -193,8 +193,7 @@ def image_preparer(source: ObjectStore, model: LoadedModel, settings: Settings) 
             return error.to_json()["error"]
         except Exception as error:  # noqa: BLE001 - see the docstring
             log.exception("unexpected failure on %s/%s", source.uri, name)
-            return {"code": "INTERNAL", "message": f"the image could not be processed: {type(error).__name__}",
-                    "status": 500}
+            return ServiceError(f"the image could not be processed: {type(error).__name__}").to_json()["error"]
 
     return prepare
 
@@ -290,10 +289,6 @@ class Progress:
 def run_task(options: BatchOptions, settings: Settings) -> dict:
     """Classify this task's share of the images, skipping chunks already written; return the summary."""
     started = time.monotonic()
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     service = Service.from_settings(settings)  # the model store and registry, as the functions build them
     source = open_store(options.input, **settings.gcs_options())
     output = open_store(options.output, **settings.gcs_options())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 from .http import HttpApp
 from .logs import configure_logging
 from .memory import limit_malloc_arenas
+from .models import LoadedModel
 from .service import Service
 from .settings import Settings
 
@@ -26,30 +28,43 @@ def process_age_ms() -> float | None:
 
 
 def preload_before_fork(service: Service) -> dict[str, float]:
-    """Load the default model now, while the module is imported, so no request waits for it.
+    """Fetch, verify and check the default model now, while the module is imported.
 
     functions-framework imports this module in gunicorn's parent process and then forks
-    the worker. PyTorch's OpenMP pool hangs in a child forked after the parent ran a
-    multi-threaded region, so the warm-up runs single-threaded and the thread count is
-    restored afterwards: the worker starts its own pool on its first request.
-    Returns the time each phase took, in milliseconds.
+    the worker. A runtime's thread pool does not survive a fork, so the parent stops short
+    of building the network: the worker builds it right after the fork, on a thread of its
+    own (:func:`build_after_fork`), while gunicorn starts serving. A storage error (a
+    permission still propagating, an outage) is logged and the instance starts anyway: the
+    first request that needs the model loads it. Returns each phase's time in milliseconds.
     """
+    phases: dict[str, float] = {}
     started = time.perf_counter()
-    import torch
-
-    phases = {"import_torch": round((time.perf_counter() - started) * 1000, 1)}
-    threads = service.settings.torch_threads or torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        started = time.perf_counter()
         service.registry.catalog()
-        phases["catalog"] = round((time.perf_counter() - started) * 1000, 1)
-        model = service.registry.warm_up()
-        if model is not None:
-            phases.update(model.load_ms)
-    finally:
-        torch.set_num_threads(threads)
+    except Exception as error:  # noqa: BLE001 - start-up must not die; requests will retry
+        log.warning("could not read the catalog at start-up (%s); models load on first use", error)
+        return phases
+    phases["catalog"] = round((time.perf_counter() - started) * 1000, 1)
+    model = service.registry.warm_up()
+    if model is not None:
+        phases.update(model.load_ms)
+        os.register_at_fork(after_in_child=lambda: build_after_fork(model))
     return phases
+
+
+def build_after_fork(model: LoadedModel) -> threading.Thread:
+    """Build ``model``'s network on a thread of this (new) process; requests that need it wait."""
+    def build() -> None:
+        try:
+            model.network()
+        except Exception as error:  # noqa: BLE001 - the first request will report it
+            log.warning("could not build %s@%s after the fork: %s", *model.key, error)
+            return
+        log.info("built %s@%s in the worker", *model.key, extra={"fields": {"build_ms": model.load_ms}})
+
+    thread = threading.Thread(target=build, name="build-after-fork", daemon=True)
+    thread.start()
+    return thread
 
 
 def create_http_app(function: str, settings: Settings | None = None) -> HttpApp:
@@ -62,10 +77,6 @@ def create_http_app(function: str, settings: Settings | None = None) -> HttpApp:
     phases = {"python_and_imports": process_age_ms()}
     if function == "classify" and settings.preload_default_model:
         phases.update(preload_before_fork(service))
-    elif function == "classify" and settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)  # only a setting: no thread starts before the fork
     phases["create_app"] = round((time.perf_counter() - started) * 1000, 1)
     phases["process_age"] = process_age_ms()
     log.info("%s ready (store %s)", function, settings.model_store,

@@ -4,10 +4,16 @@
 
     models/catalog.json                        index of every published model (one GET lists all)
     models/NAME/VERSION/manifest.json          immutable once written
-    models/NAME/VERSION/weights.safetensors    immutable once written
+    models/NAME/VERSION/model.onnx             immutable once written (what ONNX Runtime serves)
+    models/NAME/VERSION/weights.safetensors    immutable once written (the torch weights, if any)
 
-A manifest says everything needed to serve a model with no other code or download. The
-catalog holds a summary of each version and which version ``latest`` means.
+A manifest says everything needed to serve a model with no other code or download: each
+artifact with its size and sha256, and which engine serves it. The catalog holds a summary
+of each version and which version ``latest`` means.
+
+Schema versions: 2 names ``artifacts`` and ``engine``; 1 (before ONNX) named one
+``weights`` object, which reads as a torch-only model (``python -m imgclassify.publish
+migrate`` republishes such models with ONNX).
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from typing import Any
 from .errors import IntegrityError, InvalidModelName, InvalidModelVersion, InvalidRequest, UnknownModel, UnknownVersion
 from .storage import ObjectNotFound, ObjectStore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CATALOG_OBJECT = "models/catalog.json"
-WEIGHTS_FILENAME = "weights.safetensors"
 MANIFEST_FILENAME = "manifest.json"
+# artifact kind -> its file name in the version's folder
+ARTIFACT_FILENAMES = {"onnx": "model.onnx", "safetensors": "weights.safetensors"}
+# what the model's output row holds; softmax is applied to logits only
+OUTPUTS = ("logits", "probabilities")
 LATEST = "latest"
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -39,8 +48,17 @@ def manifest_object(name: str, version: str) -> str:
     return f"{version_dir(name, version)}/{MANIFEST_FILENAME}"
 
 
+def artifact_object(name: str, version: str, kind: str) -> str:
+    """Where artifact ``kind`` ("onnx" or "safetensors") of ``name@version`` lives."""
+    return f"{version_dir(name, version)}/{ARTIFACT_FILENAMES[kind]}"
+
+
 def weights_object(name: str, version: str) -> str:
-    return f"{version_dir(name, version)}/{WEIGHTS_FILENAME}"
+    return artifact_object(name, version, "safetensors")
+
+
+def onnx_object(name: str, version: str) -> str:
+    return artifact_object(name, version, "onnx")
 
 
 def check_name(name: str) -> str:
@@ -106,10 +124,19 @@ class Architecture:
 
 
 @dataclass(frozen=True)
-class WeightsRef:
+class ArtifactRef:
+    """One stored file of a model version: its object name, exact size and sha256."""
+
     object: str
     bytes: int
     sha256: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> ArtifactRef:
+        ref = cls(str(data["object"]), int(data["bytes"]), str(data["sha256"]))
+        if not re.fullmatch(r"[0-9a-f]{64}", ref.sha256):
+            raise ValueError(f"the sha256 of {ref.object} must be 64 hex digits")
+        return ref
 
 
 @dataclass(frozen=True)
@@ -119,9 +146,11 @@ class Manifest:
     name: str
     version: str
     architecture: Architecture
-    weights: WeightsRef
+    artifacts: dict[str, ArtifactRef]   # kind ("onnx", "safetensors") -> stored file
     labels: tuple[str, ...]
     preprocessing: Preprocessing
+    engine: str = "onnxruntime"          # the engine the publisher checked it with
+    output: str = "logits"
     random_init: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
     published_at: str = ""
@@ -146,6 +175,10 @@ class Manifest:
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), indent=2, sort_keys=True).encode()
 
+    def served_artifact(self) -> ArtifactRef:
+        """The file the publisher's engine serves: model.onnx where there is one."""
+        return self.artifacts.get("onnx") or self.artifacts["safetensors"]
+
     @classmethod
     def from_json(cls, data: Any) -> Manifest:
         """Parse a manifest; raise ValueError if anything is missing or of the wrong type."""
@@ -156,10 +189,18 @@ class Manifest:
             if not labels or not all(isinstance(label, str) for label in labels):
                 raise ValueError("labels must be a non-empty list of strings")
             pre = data["preprocessing"]
-            weights = WeightsRef(str(data["weights"]["object"]), int(data["weights"]["bytes"]),
-                                 str(data["weights"]["sha256"]))
-            if not re.fullmatch(r"[0-9a-f]{64}", weights.sha256):
-                raise ValueError("weights.sha256 must be 64 hex digits")
+            schema = int(data.get("schema_version", 1))
+            if schema == 1:  # one safetensors file, served by torch
+                artifacts, engine = {"safetensors": ArtifactRef.from_json(data["weights"])}, "torch"
+            else:
+                artifacts = {kind: ArtifactRef.from_json(ref) for kind, ref in data["artifacts"].items()}
+                engine = str(data["engine"])
+            if not artifacts or not set(artifacts) <= set(ARTIFACT_FILENAMES):
+                raise ValueError(f"artifacts must be some of {', '.join(ARTIFACT_FILENAMES)}, "
+                                 f"found {sorted(artifacts)}")
+            output = data.get("output", "logits")
+            if output not in OUTPUTS:
+                raise ValueError(f"output must be one of {OUTPUTS}, found {output!r}")
             architecture = data["architecture"]
             if not isinstance(architecture.get("kwargs", {}), dict):
                 raise ValueError("architecture.kwargs must be an object")
@@ -168,7 +209,9 @@ class Manifest:
                 version=check_version(data["version"]),
                 architecture=Architecture(str(architecture["library"]), str(architecture["builder"]),
                                           dict(architecture.get("kwargs", {}))),
-                weights=weights,
+                artifacts=artifacts,
+                engine=engine,
+                output=output,
                 labels=labels,
                 preprocessing=Preprocessing(
                     resize=pre["resize"], crop_size=pre["crop_size"],
@@ -179,7 +222,7 @@ class Manifest:
                 metadata=dict(data.get("metadata", {})),
                 published_at=str(data.get("published_at", "")),
                 publish_id=str(data.get("publish_id", "")),
-                schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
+                schema_version=schema,
             )
         except (KeyError, TypeError, AttributeError, InvalidRequest) as error:
             raise ValueError(f"malformed manifest: {error}") from None
@@ -193,7 +236,8 @@ class Manifest:
             "architecture": f"{self.architecture.library}/{self.architecture.builder}",
             "input_size": self.input_size,
             "num_classes": self.num_classes,
-            "weights_bytes": self.weights.bytes,
+            "engine": self.engine,
+            "weights_bytes": self.served_artifact().bytes,
             "random_init": self.random_init,
             "top1_accuracy": self.metadata.get("top1_accuracy"),
             "licence": self.metadata.get("licence"),

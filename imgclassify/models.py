@@ -1,88 +1,96 @@
-"""Loading one published model version: download, verify, build, warm up."""
+"""Loading one published model version: download, verify, check, then build where it runs."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
-from .architectures import build_module
-from .catalog import Manifest, version_dir
-from .errors import IntegrityError
+from .catalog import ArtifactRef, Manifest, version_dir
+from .engines import Engine, EngineOptions, Network, engine_for
+from .errors import IntegrityError, ObjectNotFound
 from .images import decode_image
-from .predict import forward, preprocess, top_k
-from .storage import ObjectNotFound, ObjectStore
+from .predict import preprocess, scores, top_k
+from .storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to serve: its manifest, the torch module, and what loading it cost."""
+    """A verified model: its manifest, the engine that runs it, and what loading it cost.
+
+    The network itself is built on first use, in the process that uses it (see
+    :mod:`imgclassify.engines` on fork safety), and warmed up with one forward then.
+    """
 
     manifest: Manifest
-    module: object
-    nbytes: int
+    engine: Engine
+    nbytes: int                       # memory the weights take once built
     load_ms: dict[str, float] = field(default_factory=dict)
+    _data: bytes | None = field(default=None, repr=False)
+    _network: Network | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
         return self.manifest.name, self.manifest.version
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return preprocess(image, self.manifest.preprocessing)
+    @property
+    def built(self) -> bool:
+        return self._network is not None
+
+    def network(self) -> Network:
+        """The runnable network, built (and warmed up) by the first caller in this process."""
+        network = self._network
+        if network is not None:
+            return network
+        with self._lock:
+            if self._network is None:
+                started = time.perf_counter()
+                network = self.engine.build(self.manifest, self._data)
+                built = time.perf_counter()
+                crop = self.manifest.preprocessing.crop_size
+                network.run(np.zeros((1, 3, crop, crop), dtype=np.float32))
+                self.load_ms["build"] = round((built - started) * 1000, 1)
+                self.load_ms["warmup"] = round((time.perf_counter() - built) * 1000, 1)
+                self._network, self._data = network, None
+            return self._network
 
     def prepare(self, data: bytes, *, max_pixels: int) -> np.ndarray:
         """Encoded image bytes to this model's input: safe decode (JPEG draft mode down to what
         the model needs), then preprocessing. The API and the batch job both call this."""
-        return self.preprocess(decode_image(data, max_pixels=max_pixels, min_side=self.manifest.preprocessing.resize))
+        image = decode_image(data, max_pixels=max_pixels, min_side=self.manifest.preprocessing.resize)
+        return preprocess(image, self.manifest.preprocessing)
+
+    def outputs(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """The model's raw output rows for preprocessed inputs, run as one batch."""
+        return self.network().run(np.stack(inputs))
+
+    def probabilities(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return scores(self.outputs(inputs), self.manifest.output)
 
     def classify(self, inputs: list[np.ndarray], k: int) -> list[list[dict]]:
         """Top-k predictions for preprocessed inputs, run as one batch."""
-        probabilities = forward(self.module, np.stack(inputs))
-        return top_k(probabilities, self.manifest.labels, k)
-
-    def logits(self, inputs: list[np.ndarray]):
-        """Raw logits for preprocessed inputs (used to prove fidelity to the original model)."""
-        import torch
-
-        with torch.inference_mode():
-            return self.module(torch.from_numpy(np.stack(inputs)))
+        return top_k(self.probabilities(inputs), self.manifest.labels, k)
 
 
-def verify_weights(manifest: Manifest, data: bytes) -> None:
+def verify_artifact(manifest: Manifest, artifact: ArtifactRef, data: bytes) -> None:
     """Raise IntegrityError unless ``data`` has the manifest's exact size and sha256."""
-    expected = manifest.weights
-    if len(data) != expected.bytes:
-        raise IntegrityError(
-            f"weights of {manifest.name}@{manifest.version} have {len(data)} bytes, manifest says {expected.bytes}"
-        )
+    label = f"{artifact.object.rsplit('/', 1)[-1]} of {manifest.name}@{manifest.version}"
+    if len(data) != artifact.bytes:
+        raise IntegrityError(f"{label} has {len(data)} bytes, manifest says {artifact.bytes}")
     digest = hashlib.sha256(data).hexdigest()
-    if digest != expected.sha256:
-        raise IntegrityError(
-            f"weights of {manifest.name}@{manifest.version} have sha256 {digest}, manifest says {expected.sha256}"
-        )
+    if digest != artifact.sha256:
+        raise IntegrityError(f"{label} has sha256 {digest}, manifest says {artifact.sha256}")
 
 
-def parse_safetensors(manifest: Manifest, data: bytes) -> dict:
-    """Tensors from safetensors bytes; anything else (a pickle, say) is refused, never unpickled."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        return load(data)
-    except (SafetensorError, ValueError, RuntimeError) as error:
-        raise IntegrityError(
-            f"weights of {manifest.name}@{manifest.version} are not a valid safetensors file: {error}"
-        ) from None
-
-
-def load_model(store: ObjectStore, manifest: Manifest) -> LoadedModel:
-    """Download, verify and build ``manifest``'s model, then run one warm-up forward."""
+def load_model(store: ObjectStore, manifest: Manifest, options: EngineOptions) -> LoadedModel:
+    """Download, verify and check the artifact ``manifest``'s engine runs; build lazily on first use."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -92,27 +100,22 @@ def load_model(store: ObjectStore, manifest: Manifest) -> LoadedModel:
         timings[phase] = round((now - started) * 1000, 1)
         started = now
 
-    name = manifest.weights.object
-    if not name.startswith(version_dir(manifest.name, manifest.version) + "/"):
-        raise IntegrityError(f"manifest of {manifest.name}@{manifest.version} points outside its version: {name}")
+    engine = engine_for(manifest, options)
+    artifact = manifest.artifacts[engine.artifact]
+    if not artifact.object.startswith(version_dir(manifest.name, manifest.version) + "/"):
+        raise IntegrityError(f"manifest of {manifest.name}@{manifest.version} points outside its version: "
+                             f"{artifact.object}")
     try:
-        data = store.download(name)
+        data = store.download(artifact.object)
     except ObjectNotFound:
-        raise IntegrityError(f"weights of {manifest.name}@{manifest.version} are missing ({name})") from None
+        raise IntegrityError(f"{artifact.object} of {manifest.name}@{manifest.version} is missing") from None
     lap("download")
     try:
-        verify_weights(manifest, data)
+        verify_artifact(manifest, artifact, data)
     except IntegrityError as error:
-        log.error("refusing to serve tampered or corrupt weights: %s", error.message)
+        log.error("refusing to serve tampered or corrupt model files: %s", error.message)
         raise
     lap("verify")
-    state_dict = parse_safetensors(manifest, data)
-    del data
-    lap("parse")
-    module = build_module(manifest.architecture, state_dict)
-    lap("build")
-    nbytes = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-    crop = manifest.preprocessing.crop_size
-    forward(module, np.zeros((1, 3, crop, crop), dtype=np.float32))
-    lap("warmup")
-    return LoadedModel(manifest, module, nbytes, timings)
+    nbytes = engine.check(manifest, data)
+    lap("check")
+    return LoadedModel(manifest, engine, nbytes, timings, _data=data)

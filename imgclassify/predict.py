@@ -1,4 +1,4 @@
-"""Preprocessing, the forward pass and top-k: the model's part of a request."""
+"""Preprocessing, scores and top-k: the model's part of a request around the engine's forward."""
 
 from __future__ import annotations
 
@@ -54,23 +54,21 @@ def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(((pixels - mean) * inv_std).transpose(2, 0, 1))
 
 
-def forward(module, batch: np.ndarray):
-    """Run ``module`` on an NCHW float32 batch and return softmax probabilities (a torch tensor)."""
-    import torch
+def scores(outputs: np.ndarray, kind: str = "logits") -> np.ndarray:
+    """Probabilities from a model's output rows: softmax of logits; probabilities pass through."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if kind == "probabilities":
+        return outputs
+    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
-    with torch.inference_mode():
-        logits = module(torch.from_numpy(batch))
-        return torch.softmax(logits.float(), dim=1)
 
-
-def top_k(probabilities, labels: tuple[str, ...], k: int) -> list[list[dict]]:
-    """The ``k`` most likely labels of each row, most likely first."""
+def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[list[dict]]:
+    """The ``k`` most likely labels of each row, most likely first (ties: lower index first)."""
     k = min(k, probabilities.shape[1])
-    scores, indices = probabilities.topk(k, dim=1)
-    return [
-        [
-            {"label": labels[index], "index": index, "score": round(score, 6)}
-            for score, index in zip(row_scores.tolist(), row_indices.tolist(), strict=False)
-        ]
-        for row_scores, row_indices in zip(scores, indices, strict=False)
-    ]
+    rows = []
+    for row in np.asarray(probabilities):
+        best = np.argsort(-row, kind="stable")[:k]  # stable: equal scores keep index order
+        rows.append([{"label": labels[index], "index": int(index), "score": round(float(row[index]), 6)}
+                     for index in best])
+    return rows

@@ -1,10 +1,15 @@
 """Publish models into a store: ``python -m imgclassify.publish --help``.
 
-Order of writes, so that readers never see a half-published model: weights first, then
-the manifest, then the catalog entry. Every write has a generation precondition: weights
+A model built with torch (bundled, torchvision, timm, a local state dict) is exported to
+ONNX and proven on real photos before anything is written (:mod:`imgclassify.onnx_export`);
+its version holds ``model.onnx`` (what the functions serve) beside ``weights.safetensors``.
+An ONNX file from any framework is published through the same checks (``publish onnx``).
+
+Order of writes, so that readers never see a half-published model: the model files first,
+then the manifest, then the catalog entry. Every write has a generation precondition: files
 and manifest only if absent (a version is never overwritten), the catalog only if nobody
 changed it since we read it (concurrent publishers retry instead of losing entries).
-Removal goes the other way round: catalog entry, manifest, weights.
+Removal goes the other way round: catalog entry, manifest, files.
 """
 
 from __future__ import annotations
@@ -23,18 +28,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .catalog import (
+    ARTIFACT_FILENAMES,
     CATALOG_OBJECT,
+    INTERPOLATIONS,
+    OUTPUTS,
     Architecture,
+    ArtifactRef,
     Catalog,
     Manifest,
     Preprocessing,
-    WeightsRef,
+    artifact_object,
     check_name,
     check_version,
     manifest_object,
     parse_model_ref,
     read_catalog,
-    weights_object,
+    read_manifest,
 )
 from .errors import (
     GenerationMismatch,
@@ -79,31 +88,38 @@ def _progress_bar(total: int, description: str):
                 disable=not sys.stderr.isatty(), leave=False)
 
 
-def publish(store: ObjectStore, manifest: Manifest, weights: bytes, *, make_default: bool = False) -> Manifest:
-    """Write ``weights``, then ``manifest`` (its weights fields filled in), then the catalog entry.
+def publish(store: ObjectStore, manifest: Manifest, files: dict[str, bytes], *,
+            make_default: bool = False) -> Manifest:
+    """Write ``files`` (artifact kind -> bytes), then ``manifest`` (their refs filled in), then the catalog.
 
-    Raises PublishError if the version already exists. A publish that died after writing
-    the weights can be finished by publishing the same weights again.
+    The caller has checked the files (see :func:`publish_torch_module`). Raises VersionExists
+    if the version already exists. A publish that died after writing some files can be
+    finished by publishing the same files again.
     """
     name, version = check_name(manifest.name), check_version(manifest.version)
+    unknown = sorted(set(files) - set(ARTIFACT_FILENAMES))
+    if not files or unknown:
+        raise InvalidRequest(f"a version holds some of {', '.join(ARTIFACT_FILENAMES)}; found {sorted(files)}")
     if store.info(manifest_object(name, version)) is not None:
         raise VersionExists(f"{name}@{version} is already published; versions are immutable")
-    digest = hashlib.sha256(weights).hexdigest()
+    artifacts = {kind: ArtifactRef(artifact_object(name, version, kind), len(data), hashlib.sha256(data).hexdigest())
+                 for kind, data in sorted(files.items())}
     manifest = replace(
         manifest,
-        weights=WeightsRef(weights_object(name, version), len(weights), digest),
+        artifacts=artifacts,
         published_at=manifest.published_at or datetime.now(UTC).isoformat(timespec="seconds"),
         publish_id=uuid.uuid4().hex,
     )
-    with _progress_bar(len(weights), f"{name}@{version}") as bar:
-        try:
-            store.write(manifest.weights.object, weights, if_generation_match=0, progress=bar.update)
-        except GenerationMismatch:
-            leftover = store.read(manifest.weights.object).data
-            if hashlib.sha256(leftover).hexdigest() != digest:
-                raise VersionExists(
-                    f"{manifest.weights.object} holds other weights from an unfinished publish; "
-                    f"run `remove {name}@{version}` first") from None
+    for kind, ref in artifacts.items():
+        with _progress_bar(ref.bytes, f"{name}@{version} {ARTIFACT_FILENAMES[kind]}") as bar:
+            try:
+                store.write(ref.object, files[kind], if_generation_match=0, progress=bar.update)
+            except GenerationMismatch:
+                leftover = store.read(ref.object).data
+                if hashlib.sha256(leftover).hexdigest() != ref.sha256:
+                    raise VersionExists(
+                        f"{ref.object} holds another file from an unfinished publish; "
+                        f"run `remove {name}@{version}` first") from None
     try:
         store.write(manifest_object(name, version), manifest.to_bytes(), if_generation_match=0)
     except GenerationMismatch:
@@ -115,6 +131,24 @@ def publish(store: ObjectStore, manifest: Manifest, weights: bytes, *, make_defa
     return manifest
 
 
+def publish_torch_module(store: ObjectStore, manifest: Manifest, module, *, make_default: bool = False,
+                         torch_only: bool = False) -> Manifest:
+    """Export ``module`` to ONNX, prove it on real photos, then publish both files.
+
+    ``torch_only`` publishes the safetensors weights alone, served by the torch engine: for a
+    model whose export fails or does not match (the error says by how much).
+    """
+    files = {"safetensors": serialize_weights(module.state_dict())}
+    if torch_only:
+        return publish(store, replace(manifest, engine="torch"), files, make_default=make_default)
+    from .onnx_export import export_checked
+
+    files["onnx"], measured = export_checked(module, manifest.preprocessing)
+    metadata = {**manifest.metadata, "onnx_check": measured}
+    return publish(store, replace(manifest, engine="onnxruntime", metadata=metadata), files,
+                   make_default=make_default)
+
+
 def remove(store: ObjectStore, name: str, version: str) -> None:
     """Unpublish ``name@version``: catalog entry first, then manifest and weights.
 
@@ -124,8 +158,8 @@ def remove(store: ObjectStore, name: str, version: str) -> None:
     check_version(version)
     catalog, _ = read_catalog(store)
     listed = version in catalog.models.get(name, {}).get("versions", {})
-    present = [obj for obj in (manifest_object(name, version), weights_object(name, version))
-               if store.info(obj) is not None]
+    objects = [manifest_object(name, version)] + [artifact_object(name, version, kind) for kind in ARTIFACT_FILENAMES]
+    present = [obj for obj in objects if store.info(obj) is not None]
     if not listed and not present:
         raise UnknownVersion(f"{name}@{version} is not published")
     if listed:
@@ -190,7 +224,7 @@ def bundled_manifest(name: str, labels: tuple[str, ...]) -> Manifest:
         name=name,
         version="1",
         architecture=Architecture("efficientnet_lite_pytorch", builder),
-        weights=WeightsRef("", 0, "0" * 64),
+        artifacts={},
         labels=labels,
         # These weights expect mean = std = 0.5 and a bilinear resize to crop / 0.875.
         preprocessing=Preprocessing(resize=int(crop / 0.875), crop_size=crop, interpolation="bilinear",
@@ -214,12 +248,19 @@ def publish_bundled(store: ObjectStore, names: list[str] | None = None, *, log=p
     wanted = [name for name in (names or list(BUNDLED)) if name not in catalog.models]
     if not wanted:
         return []
+    from .architectures import build_module
+
     labels = imagenet_labels()
     for name in wanted:
-        weights = serialize_weights(load_local_state_dict(bundled_state_dict_path(name)))
-        manifest = publish(store, bundled_manifest(name, labels), weights, make_default=name == BUNDLED_DEFAULT)
-        log(f"published {manifest.name}@{manifest.version} ({len(weights):,} bytes)")
+        manifest = bundled_manifest(name, labels)
+        module = build_module(manifest.architecture, load_local_state_dict(bundled_state_dict_path(name)))
+        manifest = publish_torch_module(store, manifest, module, make_default=name == BUNDLED_DEFAULT)
+        log(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)})")
     return wanted
+
+
+def describe_files(manifest: Manifest) -> str:
+    return ", ".join(f"{ARTIFACT_FILENAMES[kind]} {ref.bytes:,} bytes" for kind, ref in manifest.artifacts.items())
 
 
 def framework_model(library: str, builder: str, *, pretrained: bool,
@@ -262,7 +303,6 @@ def publish_framework_model(store: ObjectStore, args: argparse.Namespace) -> Man
         args.library, args.builder, pretrained=args.pretrained, num_classes=args.num_classes)
     if args.state_dict:
         module.load_state_dict(load_local_state_dict(args.state_dict), strict=True)
-    state = module.state_dict()
     num_classes = args.num_classes or (len(labels) if labels else None)
     if args.labels:
         with open(args.labels, encoding="utf-8") as handle:
@@ -277,14 +317,79 @@ def publish_framework_model(store: ObjectStore, args: argparse.Namespace) -> Man
         version=args.version or next_version(store, name),
         architecture=Architecture(args.library, args.builder,
                                   {"num_classes": args.num_classes} if args.num_classes else {}),
-        weights=WeightsRef("", 0, "0" * 64),
+        artifacts={},
         labels=labels,
         preprocessing=preprocessing,
         random_init=bool(args.random_init),
         metadata={"description": args.description or f"{args.library} {args.builder}",
                   "source": source, **metadata},
     )
-    return publish(store, manifest, serialize_weights(state), make_default=args.default)
+    return publish_torch_module(store, manifest, module, make_default=args.default, torch_only=args.torch_only)
+
+
+def read_labels(path: str) -> tuple[str, ...]:
+    """One label per non-empty line of a UTF-8 text file."""
+    with open(path, encoding="utf-8") as handle:
+        labels = tuple(line.strip() for line in handle if line.strip())
+    if not labels:
+        raise InvalidRequest(f"{path} holds no labels")
+    return labels
+
+
+def publish_onnx_file(store: ObjectStore, args: argparse.Namespace) -> Manifest:
+    """Publish an ONNX classifier from any framework, after the same checks as an exported one."""
+    from .onnx_export import check_onnx_file
+
+    labels = read_labels(args.labels)
+    try:
+        preprocessing = Preprocessing(resize=args.resize or round(args.crop_size / 0.875), crop_size=args.crop_size,
+                                      interpolation=args.interpolation, mean=tuple(args.mean), std=tuple(args.std))
+    except ValueError as error:
+        raise InvalidRequest(f"preprocessing: {error}") from None
+    with open(args.file, "rb") as handle:
+        data = handle.read(args.max_mb * 2**20 + 1)
+    signature = check_onnx_file(data, labels, preprocessing, max_bytes=args.max_mb * 2**20)
+    name = args.name or os.path.splitext(os.path.basename(args.file))[0].lower().replace("-", "_")
+    manifest = Manifest(
+        name=name,
+        version=args.version or next_version(store, name),
+        architecture=Architecture("onnx", signature.producer or "unknown"),
+        artifacts={},
+        labels=labels,
+        preprocessing=preprocessing,
+        engine="onnxruntime",
+        output=args.output,
+        metadata={"description": args.description or f"ONNX classifier {os.path.basename(args.file)}",
+                  "source": os.path.basename(args.file), "licence": args.licence},
+    )
+    return publish(store, manifest, {"onnx": data}, make_default=args.default)
+
+
+def migrate(store: ObjectStore, names: list[str] | None = None, *, log=print) -> list[Manifest]:
+    """Republish, as a new version carrying ONNX, the latest version of every model that has none."""
+    from .architectures import build_module
+
+    catalog, _ = read_catalog(store)
+    unknown = sorted(set(names or ()) - set(catalog.models))
+    if unknown:
+        raise UnknownModel(f"no published model named {', '.join(unknown)}")
+    published = []
+    for name in names or sorted(catalog.models):
+        old = read_manifest(store, name, catalog.models[name]["latest"])
+        if "onnx" in old.artifacts:
+            continue
+        if old.architecture.library == "onnx":
+            raise InvalidRequest(f"{name}@{old.version} has no torch weights to export")
+        weights = store.download(old.artifacts["safetensors"].object)
+        from safetensors.torch import load
+
+        module = build_module(old.architecture, load(weights))
+        fresh = replace(old, version=next_version(store, name), artifacts={}, published_at="", publish_id="",
+                        metadata={**old.metadata, "migrated_from": old.version})
+        manifest = publish_torch_module(store, fresh, module, make_default=catalog.default_model == name)
+        log(f"migrated {name}@{old.version} -> {name}@{manifest.version} ({describe_files(manifest)})")
+        published.append(manifest)
+    return published
 
 
 # --- command line --------------------------------------------------------------------------
@@ -311,6 +416,26 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--description")
         sub.add_argument("--default", action="store_true", help="make it the default model")
         sub.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+        sub.add_argument("--torch-only", action="store_true",
+                         help="skip the ONNX export (a model that cannot be exported; served by torch only)")
+    onnx = commands.add_parser("onnx", help="publish an ONNX image classifier from any framework")
+    onnx.add_argument("file", metavar="FILE", help="the .onnx file: one float32 NCHW input, one (N, classes) output")
+    onnx.add_argument("--labels", metavar="FILE", required=True, help="text file with one label per line")
+    onnx.add_argument("--name", help="model name to publish as (default: the file's name)")
+    onnx.add_argument("--version", help="version label (default: next number)")
+    onnx.add_argument("--crop-size", type=int, default=224, help="input height and width (default 224)")
+    onnx.add_argument("--resize", type=int, help="shorter side before the centre crop (default crop / 0.875)")
+    onnx.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear")
+    onnx.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406), metavar=("R", "G", "B"))
+    onnx.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225), metavar=("R", "G", "B"))
+    onnx.add_argument("--output", choices=OUTPUTS, default="logits", help="what the output holds (default logits)")
+    onnx.add_argument("--max-mb", type=int, default=1024, help="refuse larger files (default 1024)")
+    onnx.add_argument("--description")
+    onnx.add_argument("--licence")
+    onnx.add_argument("--default", action="store_true", help="make it the default model")
+    migrate_command = commands.add_parser(
+        "migrate", help="republish models that have no model.onnx as new versions carrying ONNX")
+    migrate_command.add_argument("names", nargs="*", metavar="NAME", help="models to migrate (default: all)")
     commands.add_parser("list", help="print the catalog")
     rm = commands.add_parser("remove", help="unpublish NAME@VERSION")
     rm.add_argument("ref", metavar="NAME@VERSION")
@@ -326,7 +451,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bundled models: {len(published)} published, the rest were already there")
         elif args.command in ("torchvision", "timm"):
             manifest = publish_framework_model(store, args)
-            print(f"published {manifest.name}@{manifest.version} ({manifest.weights.bytes:,} bytes)")
+            print(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)})")
+        elif args.command == "onnx":
+            manifest = publish_onnx_file(store, args)
+            print(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)})")
+        elif args.command == "migrate":
+            migrated = migrate(store, args.names or None)
+            print(f"migrated {len(migrated)} models; the rest already had model.onnx")
         elif args.command == "list":
             catalog, _ = read_catalog(store)
             print(json.dumps({"default_model": catalog.default_name(), "models": catalog.listing()}, indent=2))

@@ -8,6 +8,7 @@ import time
 
 from .cache import ModelCache
 from .catalog import Catalog, parse_model_ref, read_catalog, read_manifest
+from .engines import EngineOptions
 from .errors import StorageUnavailable, UnknownModel, UnknownVersion
 from .memory import release_free_memory
 from .models import LoadedModel, load_model
@@ -24,8 +25,9 @@ class ModelRegistry:
     """Resolves ``name[@version]`` through the catalog and hands out warm models."""
 
     def __init__(self, store: ObjectStore, *, cache_budget_bytes: int, catalog_ttl_seconds: float,
-                 default_model: str | None = None) -> None:
+                 default_model: str | None = None, engine_options: EngineOptions | None = None) -> None:
         self.store = store
+        self.engine_options = engine_options or EngineOptions()
         self.catalog_ttl_seconds = catalog_ttl_seconds
         self.configured_default = default_model
         self.cache: ModelCache[tuple[str, str], LoadedModel] = ModelCache(
@@ -72,7 +74,7 @@ class ModelRegistry:
 
     def _load(self, key: tuple[str, str]) -> LoadedModel:
         name, version = key
-        model = load_model(self.store, read_manifest(self.store, name, version))
+        model = load_model(self.store, read_manifest(self.store, name, version), self.engine_options)
         release_free_memory()  # the download and parse buffers are gone: return their pages
         return model
 

@@ -34,6 +34,7 @@ class Service:
             cache_budget_bytes=settings.cache_budget_bytes,
             catalog_ttl_seconds=settings.catalog_ttl_seconds,
             default_model=settings.default_model,
+            engine_options=settings.engine_options(),
         )
         # Single-flight waiters give up after this long (503 MODEL_LOADING, Retry-After).
         registry.cache.wait_seconds = settings.model_load_wait_seconds
@@ -105,6 +106,9 @@ class Service:
         """Classify every image of ``request`` with one model, as one batch, in input order."""
         started = time.perf_counter()
         model, cold = self.registry.get(request.model)
+        if not model.built:  # build here, not on the inference lane that other models share
+            cold = True
+            model.network()
         loaded = time.perf_counter()
         with self.lane.preparing(model):
             inputs = [self._prepare(model, image, index, len(request.images))

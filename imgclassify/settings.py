@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .engines import ENGINES, EngineOptions
+
 
 class ConfigError(ValueError):
     """An environment variable holds a value the service cannot start with."""
@@ -73,7 +75,8 @@ class Settings:
     storage_retry_seconds: float = 10.0
     download_slice_bytes: int = 8 * 2**20
     download_workers: int = 8
-    torch_threads: int | None = None
+    engine: str = "onnxruntime"
+    engine_threads: int = 0            # 0: one per CPU the process may use
     google_cloud_project: str | None = None
     max_batch: int = 4
     batch_window_ms: float = 5.0
@@ -81,6 +84,9 @@ class Settings:
     url_fetch_schemes: tuple[str, ...] = ("https",)
     url_allowed_networks: tuple[str, ...] = field(default_factory=tuple)
     url_fetch_timeout_seconds: float = 10.0
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(self.engine, self.engine_threads)
 
     def gcs_options(self) -> dict:
         """Keyword arguments for a GcsStore that follows these settings."""
@@ -98,7 +104,9 @@ class Settings:
         store = env.get("MODEL_STORE", "").strip() or cls.model_store
         if store.startswith("gs://") and not store[5:].strip("/"):
             raise ConfigError(f"MODEL_STORE must name a bucket, found {store!r}")
-        torch_threads = _int(env, "TORCH_THREADS", 0, 0, 256)
+        engine = env.get("ENGINE", "").strip().lower() or cls.engine
+        if engine not in ENGINES:
+            raise ConfigError(f"ENGINE must be one of {', '.join(ENGINES)}, found {engine!r}")
         schemes = tuple(scheme.lower() for scheme in _list(env, "URL_FETCH_SCHEMES")) or ("https",)
         if not set(schemes) <= {"http", "https"}:
             raise ConfigError(f"URL_FETCH_SCHEMES may hold http and https only, found {','.join(schemes)}")
@@ -125,7 +133,8 @@ class Settings:
             storage_retry_seconds=_float(env, "STORAGE_RETRY_SECONDS", 10.0, 0.0, 600.0),
             download_slice_bytes=_int(env, "DOWNLOAD_SLICE_MB", 8, 1, 1024) * 2**20,
             download_workers=_int(env, "DOWNLOAD_WORKERS", 8, 1, 64),
-            torch_threads=torch_threads or None,
+            engine=engine,
+            engine_threads=_int(env, "ENGINE_THREADS", 0, 0, 256),
             google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
             max_batch=_int(env, "MAX_BATCH", 4, 1, 256),
             batch_window_ms=_float(env, "BATCH_WINDOW_MS", 5.0, 0.0, 1000.0),

@@ -1,0 +1,128 @@
+"""What an ONNX file must be before it is published or served.
+
+The same rules run at publish time (with messages for the person publishing) and again on
+every load by the serving engine, because a bucket is not a trusted channel: a graph that
+names external data could make the runtime read any file on the server, and an operator
+from a vendor domain would tie the model to one runtime build.
+
+Rules: a well-formed ModelProto; operators from the standard domains only; no tensor in
+any graph (subgraphs included) stored as external data; exactly one float32 input of rank
+4 with 3 channels (NCHW) and exactly one output of rank 2 (N, classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+_EXTERNAL = 1  # onnx.TensorProto.EXTERNAL
+
+
+class OnnxRuleViolation(ValueError):
+    """The file breaks one of the rules above; the message says which and where."""
+
+
+@dataclass(frozen=True)
+class GraphSignature:
+    """The model's one input and one output, as declared in the graph."""
+
+    input_name: str
+    output_name: str
+    input_shape: tuple[int | str, ...]     # a number where fixed, the symbol (or "?") where not
+    output_shape: tuple[int | str, ...]
+    initializer_bytes: int                  # what the weights occupy in memory once loaded
+    producer: str
+
+
+def _dims(value_info) -> tuple[int | str, ...]:
+    return tuple(dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?")
+                 for dim in value_info.type.tensor_type.shape.dim)
+
+
+def _graphs(graph) -> Iterator:
+    """``graph`` and every subgraph held by a node attribute (If, Loop, Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _graphs(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _graphs(subgraph)
+
+
+def _tensors(graph) -> Iterator:
+    yield from graph.initializer
+    yield from (sparse.values for sparse in graph.sparse_initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+
+
+def _tensor_bytes(tensor) -> int:
+    from onnx import helper
+
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 4
+    return count * itemsize
+
+
+def check_onnx(data: bytes) -> GraphSignature:
+    """Parse ``data`` (an ONNX ModelProto) and enforce the rules; return its signature.
+
+    Raises :class:`OnnxRuleViolation` naming the first rule broken.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise OnnxRuleViolation(f"not an ONNX model: {error}") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise OnnxRuleViolation("not an ONNX model: no graph or no opset")
+    foreign = sorted({opset.domain for opset in model.opset_import} - STANDARD_DOMAINS)
+    if model.functions:
+        raise OnnxRuleViolation(f"the model defines {len(model.functions)} local functions; "
+                                "only standard ONNX operators are served (inline them when exporting)")
+    initializer_bytes = 0
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            if node.domain not in STANDARD_DOMAINS:
+                foreign.append(node.domain)
+        for tensor in _tensors(graph):
+            if tensor.data_location == _EXTERNAL or tensor.external_data:
+                raise OnnxRuleViolation(
+                    f"tensor {tensor.name!r} refers to external data; a served model must hold all of its "
+                    "tensors (save it with onnx.save_model(..., save_as_external_data=False))")
+            if graph is model.graph:
+                initializer_bytes += _tensor_bytes(tensor)
+    if foreign:
+        raise OnnxRuleViolation(f"operators from non-standard domains {sorted(set(foreign))}; only the standard "
+                                "ONNX domains ('', ai.onnx, ai.onnx.ml) are served")
+    initializer_names = {tensor.name for tensor in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializer_names]
+    outputs = list(model.graph.output)
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise OnnxRuleViolation(f"an image classifier has one input and one output; this graph has "
+                                f"{len(inputs)} inputs and {len(outputs)} outputs")
+    (graph_input,), (graph_output,) = inputs, outputs
+    input_shape, output_shape = _dims(graph_input), _dims(graph_output)
+    if graph_input.type.tensor_type.elem_type != _FLOAT:
+        raise OnnxRuleViolation(f"input {graph_input.name!r} must be float32")
+    if len(input_shape) != 4 or input_shape[1] != 3:
+        raise OnnxRuleViolation(f"input {graph_input.name!r} must be NCHW with 3 channels (N, 3, H, W); "
+                                f"found {list(input_shape)}")
+    if len(output_shape) != 2:
+        raise OnnxRuleViolation(f"output {graph_output.name!r} must be (N, classes); found {list(output_shape)}")
+    return GraphSignature(graph_input.name, graph_output.name, input_shape, output_shape, initializer_bytes,
+                          f"{model.producer_name} {model.producer_version}".strip())
