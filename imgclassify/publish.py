@@ -15,6 +15,7 @@ Removal goes the other way round: catalog entry, manifest, files.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -138,15 +139,19 @@ def publish_torch_module(store: ObjectStore, manifest: Manifest, module, *, make
     ``torch_only`` publishes the safetensors weights alone, served by the torch engine: for a
     model whose export fails or does not match (the error says by how much).
     """
+    manifest, files = torch_files(manifest, module, torch_only=torch_only)
+    return publish(store, manifest, files, make_default=make_default)
+
+
+def torch_files(manifest: Manifest, module, *, torch_only: bool = False) -> tuple[Manifest, dict[str, bytes]]:
+    """The files of a torch module (weights, and the checked ONNX export) and its manifest to match."""
     files = {"safetensors": serialize_weights(module.state_dict())}
     if torch_only:
-        return publish(store, replace(manifest, engine="torch"), files, make_default=make_default)
+        return replace(manifest, engine="torch"), files
     from .onnx_export import export_checked
 
     files["onnx"], measured = export_checked(module, manifest.preprocessing)
-    metadata = {**manifest.metadata, "onnx_check": measured}
-    return publish(store, replace(manifest, engine="onnxruntime", metadata=metadata), files,
-                   make_default=make_default)
+    return replace(manifest, engine="onnxruntime", metadata={**manifest.metadata, "onnx_check": measured}), files
 
 
 def remove(store: ObjectStore, name: str, version: str) -> None:
@@ -248,15 +253,22 @@ def publish_bundled(store: ObjectStore, names: list[str] | None = None, *, log=p
     wanted = [name for name in (names or list(BUNDLED)) if name not in catalog.models]
     if not wanted:
         return []
-    from .architectures import build_module
-
     labels = imagenet_labels()
     for name in wanted:
-        manifest = bundled_manifest(name, labels)
-        module = build_module(manifest.architecture, load_local_state_dict(bundled_state_dict_path(name)))
-        manifest = publish_torch_module(store, manifest, module, make_default=name == BUNDLED_DEFAULT)
+        manifest, files = _bundled_files(name, labels)
+        manifest = publish(store, manifest, files, make_default=name == BUNDLED_DEFAULT)
         log(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)})")
     return wanted
+
+
+@functools.lru_cache(maxsize=len(BUNDLED))
+def _bundled_files(name: str, labels: tuple[str, ...]) -> tuple[Manifest, dict[str, bytes]]:
+    """Bundled model ``name``'s manifest and checked files; exported once per process (it takes seconds)."""
+    from .architectures import build_module
+
+    manifest = bundled_manifest(name, labels)
+    return torch_files(manifest, build_module(manifest.architecture,
+                                              load_local_state_dict(bundled_state_dict_path(name))))
 
 
 def describe_files(manifest: Manifest) -> str:
