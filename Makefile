@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 CHECKOV_VENV ?= .local/checkov-venv
 CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: dev test lint bench load venv clean bundles checkov-venv
+.PHONY: dev test lint bench load venv clean bundles checkov-venv smoke
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,13 @@ lint: venv
 
 test: lint checkov-venv
 	$(PYTHON) -m pytest -q
+
+# The post-deploy smoke check (scripts/smoke.py, standard library only), e.g.
+#   make smoke URL=https://GATEWAY_HOST KEY=... [ORIGIN=https://storage.googleapis.com]
+# Against `make dev`: make smoke URL=http://127.0.0.1:PORT (no key: the local router checks none).
+smoke:
+	@test -n "$(URL)" || { echo "usage: make smoke URL=https://GATEWAY_HOST KEY=API_KEY [ORIGIN=...]"; exit 2; }
+	python3 scripts/smoke.py $(URL) $(if $(KEY),--key $(KEY)) $(if $(ORIGIN),--origin $(ORIGIN))
 
 bench: venv
 	$(PYTHON) bench/serving.py
