@@ -1,9 +1,14 @@
 # The two commands: `make dev` runs the local stack, `make test` runs every test.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-# This machine's pip serves these from local disk; elsewhere any recent torch works,
-# e.g. make dev TORCH_PIN="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
-TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+# torch for the venv: PyTorch's CPU-only wheels (about 200 MB, not several GB of CUDA), unless
+# this machine has an NVIDIA GPU (nvidia-smi) or its pip configuration constrains torch to a
+# build it serves itself (the offline CI machine: /etc/xdg/pip). Override with TORCH_PIN=...
+TORCH_VERSIONS := torch==2.14.1 torchvision==0.29.1
+CPU_TORCH_INDEX := --index-url https://download.pytorch.org/whl/cpu
+PIP_CONSTRAINT_FILES = $(shell python3 -m pip config list 2>/dev/null | sed -n "s/^[^=]*constraint='\(.*\)'$$/\1/p")
+TORCH_FROM_MACHINE = $(shell command -v nvidia-smi 2>/dev/null; grep -ls '^torch' $(PIP_CONSTRAINT_FILES) /dev/null)
+TORCH_PIN ?= $(TORCH_VERSIONS) $(if $(strip $(TORCH_FROM_MACHINE)),,$(CPU_TORCH_INDEX))
 # checkov has a virtualenv of its own: it installs an `hcl2` module that clashes with python-hcl2's.
 CHECKOV_VENV ?= .local/checkov-venv
 CHECKOV_VERSION ?= 3.3.30
