@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
 
 
 def free_port() -> int:
@@ -51,9 +56,30 @@ def stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
         process.wait(timeout)
 
 
+def _dies_with(parent: int):
+    """A preexec function: on Linux the child is SIGKILLed when ``parent`` ends, however it ends.
+
+    Linux ties PR_SET_PDEATHSIG to the thread that forked, so spawn from a thread that
+    outlives the child (the main thread in ``make dev`` and the tests).
+    """
+    def preexec() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 def spawn(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    """Start ``args`` in its own process group (so stop() ends its children too)."""
-    return subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True, **kwargs)
+    """Start ``args`` in its own process group (so stop() ends its children too), dying with us.
+
+    The group lets :func:`stop` end a server with its workers on Ctrl-C or SIGTERM; the
+    parent-death signal ends it even when this process is killed outright (SIGKILL, the
+    kernel's out-of-memory killer), so no server outlives ``make dev`` or a test run.
+    """
+    return subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True,
+                            preexec_fn=_dies_with(os.getpid()), **kwargs)
 
 
 def rss_kib(pid: int, *, children_only: bool = False) -> int:

@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     (local / "logs").mkdir(parents=True, exist_ok=True)
     stack = LocalStack(bucket=args.bucket, router_port=args.port, emulator_port=args.emulator_port,
                        data_dir=local / "gcs", log_dir=local / "logs")
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # SIGTERM (kill, systemd) and SIGHUP (the terminal closed) stop as gracefully as Ctrl-C,
+    # even during start-up; SIGKILL cannot be caught: then the servers' parent-death signal
+    # ends them (processes.spawn).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler)
     try:
         print(f"storage emulator on 127.0.0.1:{args.emulator_port} (data in .local/gcs)", flush=True)
         stack.start_storage()
@@ -37,7 +40,7 @@ Serving on {stack.url}/  (Ctrl-C stops everything)
   curl {stack.url}/v1/models
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {stack.url}/v1/models/efficientnet_lite0:classify
 """, flush=True)
-        stopping.wait()
+        threading.Event().wait()  # until a signal interrupts it
     except KeyboardInterrupt:
         pass
     finally:

@@ -14,7 +14,7 @@ from werkzeug.serving import make_server
 
 from .emulator import StorageEmulator
 from .processes import REPO, free_port, spawn, stop, wait_until_answers
-from .router import Router
+from .router import FramingHandler, Router
 
 FUNCTIONS = ("classify", "list_models")
 
@@ -88,8 +88,17 @@ class LocalStack:
         self.router_port = self.router_port or free_port()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
         router = Router(self.function_urls, REPO / "web")
-        self._server = make_server("127.0.0.1", self.router_port, router, threaded=True)
+        self._server = make_server("127.0.0.1", self.router_port, router, threaded=True,
+                                   request_handler=FramingHandler)
+        self._server.max_body_bytes = self.max_body_bytes()
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def max_body_bytes(self) -> int:
+        """The router's body limit: the functions' own, plus room for multipart framing, so the
+        functions answer every over-limit body they can with their precise 413."""
+        from imgclassify.settings import Settings
+
+        return Settings.from_env({**os.environ, **self.env()}).max_request_bytes + 2**20
 
     def start(self, log=print) -> LocalStack:
         self.start_storage(log=log)

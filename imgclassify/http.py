@@ -59,7 +59,7 @@ class HttpApp:
         except Exception:  # noqa: BLE001 - a bug must still answer with JSON, never a stack trace
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(ServiceError("internal error; it has been logged"))
-            context["error"] = "INTERNAL"
+            context["error"] = ServiceError.code
         self._add_cors(request, response)
         self._log(request, response, started, context)
         return response

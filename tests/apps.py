@@ -1,4 +1,4 @@
-"""The classify app built in this process over a bucket of the emulator, as a WSGI test client."""
+"""A function's app built in this process over a bucket of the emulator, as a WSGI test client."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from imgclassify.service import Service
 from imgclassify.settings import Settings
 
 
-def client_for(bucket: str, **env: str) -> Client:
-    """The classify app in this process, over ``bucket``, as a WSGI test client."""
+def client_for(bucket: str, function: str = "classify", **env: str) -> Client:
+    """``function``'s app in this process, over ``bucket``, as a WSGI test client."""
     settings = Settings.from_env({"MODEL_STORE": f"gs://{bucket}", "PRELOAD_DEFAULT_MODEL": "false",
                                   "STORAGE_RETRY_SECONDS": "1", **env})
     configure_logging()
-    app = HttpApp(Service.from_settings(settings), "classify")
+    app = HttpApp(Service.from_settings(settings), function)
     return Client(lambda environ, start_response: app(Request(environ))(environ, start_response))

@@ -292,3 +292,58 @@ def test_each_request_logs_one_json_line_with_trace_model_and_latency(classify, 
     assert entry["logging.googleapis.com/trace"] == "projects/demo/traces/abc123def456"
     assert entry["model"] == "efficientnet_lite0"
     assert entry["cold"] is False
+
+
+# --- The contract and the default model (issue 12) ---------------------------------------------
+
+def test_list_models_serves_the_openapi_document_cacheably_and_classify_does_not(list_models, classify):
+    from imgclassify.contract import openapi_document
+
+    response = list_models.get("/v1/openapi.json")
+    again = list_models.get("/v1/openapi.json", headers={"If-None-Match": response.headers["ETag"]})
+
+    assert response.status_code == 200
+    assert response.get_json() == openapi_document()
+    assert again.status_code == 304
+    assert classify.get("/v1/openapi.json").status_code == 404
+    assert error_of(list_models.post("/v1/openapi.json"))["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_with_default_model_set_the_listing_puts_that_model_first_and_alone_marked_default(models_bucket):
+    from tests.apps import client_for as app_client
+
+    client = app_client(models_bucket, "list_models", DEFAULT_MODEL="efficientnet_lite2")
+
+    body = client.get("/v1/models").get_json()
+    described = client.get("/v1/models/efficientnet_lite2").get_json()
+    other = client.get("/v1/models/efficientnet_lite0").get_json()
+
+    assert body["default_model"] == "efficientnet_lite2"
+    assert [m["name"] for m in body["models"]] == ["efficientnet_lite2", "efficientnet_lite0", "efficientnet_lite1"]
+    assert [m["default"] for m in body["models"]] == [True, False, False]
+    assert described["default"] is True and other["default"] is False
+
+
+def test_a_malformed_version_is_invalid_model_version_not_invalid_model_name(classify):
+    for path in ("/v1/models/efficientnet_lite0@..:classify", "/v1/classify?model=efficientnet_lite0@-1"):
+        response = classify.post(path, data=cat_jpeg(), content_type="image/jpeg")
+
+        assert response.status_code == 400
+        assert error_of(response)["code"] == "INVALID_MODEL_VERSION"
+
+
+def test_a_request_whose_images_pass_the_pixel_budget_is_413_before_decoding_the_rest(models_bucket):
+    from tests.apps import client_for as app_client
+
+    client = app_client(models_bucket, MAX_REQUEST_PIXELS=str(2 * 451 * 300))  # two chelsea photos
+    photo = (io.BytesIO(cat_jpeg()), "cat.jpg")
+
+    two = client.post("/v1/classify", data={"image": [photo, (io.BytesIO(cat_jpeg()), "b.jpg")]},
+                      content_type="multipart/form-data")
+    three = client.post("/v1/classify", data={"image": [(io.BytesIO(cat_jpeg()), f"{i}.jpg") for i in range(3)]},
+                        content_type="multipart/form-data")
+
+    assert two.status_code == 200
+    assert three.status_code == 413
+    assert error_of(three)["code"] == "PIXEL_BUDGET_EXCEEDED"
+    assert error_of(three)["message"].startswith("image 2:")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import imgclassify.storage as storage
-from imgclassify.errors import StorageUnavailable
+from imgclassify.errors import InvalidGcsUri, StorageUnavailable
 from imgclassify.storage import (
     GcsStore,
     GenerationMismatch,
@@ -17,6 +17,7 @@ from imgclassify.storage import (
     ObjectNotFound,
     open_store,
     split_gs_uri,
+    split_object_uri,
 )
 
 
@@ -316,10 +317,18 @@ def test_split_gs_uri_separates_bucket_and_name():
     assert split_gs_uri("gs://bucket") == ("bucket", "")
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/x", "bucket/x", "gs://", "gs:///x"])
-def test_split_gs_uri_rejects_other_uris(uri):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("uri", ["s3://bucket/x", "bucket/x", "gs://", "gs:///x", "gs://ab/x", "gs://Bucket/x",
+                                 "gs://-bucket/x", "gs://bucket-/x", "gs://" + "b" * 223 + "/x"])
+def test_split_gs_uri_rejects_other_uris_with_a_400_service_error(uri):
+    with pytest.raises(InvalidGcsUri) as caught:
         split_gs_uri(uri)
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket", "gs://bucket/", "gs://bucket/..", "gs://bucket/a\rb"])
+def test_split_object_uri_needs_an_object_name_cloud_storage_could_hold(uri):
+    with pytest.raises(InvalidGcsUri):
+        split_object_uri(uri)
 
 
 def test_open_store_opens_gs_uris_as_gcs_stores_with_their_prefix():
