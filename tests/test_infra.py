@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,14 +84,23 @@ def test_every_checkov_skip_in_the_code_names_a_check_and_a_reason():
         assert re.fullmatch(r"#checkov:skip=CKV2?_GCP_\d+:.{30,}", line), f"{file}: {line}"
 
 
-def test_versions_pin_terraform_and_both_google_providers():
+def test_versions_pin_every_provider_exactly_and_the_lock_file_agrees():
     versions = load_hcl("versions.tf")["terraform"][0]
-    assert versions["required_version"]
+    assert versions["required_version"].startswith(">= 1.9")  # validations that refer to other values
     providers = versions["required_providers"][0]
-    assert providers["google"]["source"] == "hashicorp/google"
-    assert providers["google-beta"]["source"] == "hashicorp/google-beta"
-    for name in ("google", "google-beta"):
-        assert re.match(r"~> \d+\.\d+", providers[name]["version"]), providers[name]
+    assert {name: spec["source"] for name, spec in providers.items()} == {
+        "google": "hashicorp/google", "google-beta": "hashicorp/google-beta", "time": "hashicorp/time"}
+    for name, spec in providers.items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", spec["version"]), f"{name} must be pinned exactly: {spec['version']}"
+    assert providers["google"]["version"] == providers["google-beta"]["version"], "one release of both"
+    # The lock file cannot be produced here (no provider downloads): docs/deploy.md says how.
+    # Once committed, it must lock the very versions pinned above.
+    lock = TERRAFORM_DIR / ".terraform.lock.hcl"
+    if lock.exists():
+        locked = {re.sub(r"^registry\.terraform\.io/", "", address): body["version"]
+                  for block in load_hcl(lock.name)["provider"] for address, body in block.items()}
+        assert locked == {spec["source"]: spec["version"] for spec in providers.values()}
+    assert "infra/terraform/.terraform.lock.hcl" not in (REPO / ".gitignore").read_text()
 
 
 def test_every_variable_has_a_type_and_a_description_and_every_output_a_description():
@@ -141,6 +151,82 @@ def test_batch_job_takes_image_parallelism_task_count_and_timeout_from_variables
     for variable in ("batch_image", "batch_parallelism", "batch_task_count", "batch_timeout_seconds", "batch_args"):
         assert f"var.{variable}" in text, variable
     assert job["template"][0]["template"][0]["service_account"] == "${google_service_account.batch.email}"
+
+
+# --- Settings: validated at plan time, applied from one copy ------------------------------------
+
+CLOUD_RUN_SIZES = ("cpu 1 with memory_mb 128-4096, cpu 2 with memory_mb 128-8192, cpu 4 with memory_mb 2048-16384, "
+                   "cpu 6 with memory_mb 4096-24576, cpu 8 with memory_mb 4096-32768")
+
+
+@pytest.mark.parametrize(("settings", "variable"), [
+    ({"classify": {"cpu": 3}}, "classify"),
+    ({"classify": {"cpu": 5, "memory_mb": 8192}}, "classify"),
+    ({"classify": {"cpu": 7, "memory_mb": 8192}}, "classify"),
+    ({"classify": {"cpu": 4, "memory_mb": 1024}}, "classify"),
+    ({"classify": {"cpu": 1, "memory_mb": 8192}}, "classify"),
+    ({"list_models": {"cpu": 8, "memory_mb": 2048}}, "list_models"),
+    ({"dedicated_classify": {"big": {"cpu": 6, "memory_mb": 2048}}}, "dedicated_classify"),
+    ({"dedicated_classify": {"big": {"cpu": 2.5}}}, "dedicated_classify"),
+    ({"batch_cpu": 1}, "batch_memory_mb"),  # with the default 8192 MiB
+    ({"batch_cpu": 3, "batch_memory_mb": 4096}, "batch_cpu"),
+])
+def test_sizes_cloud_run_rejects_fail_the_plan_with_the_allowed_combinations(settings, variable, tmp_path):
+    result = plan_variables(tmp_path, settings)
+    assert result.returncode != 0
+    message = " ".join(result.stderr.split())
+    assert f"{variable}: Cloud Run allows" in message or f"{variable} must be" in message, message
+    assert CLOUD_RUN_SIZES in message, message
+
+
+@pytest.mark.parametrize("settings", [
+    {"classify": {"cpu": 4, "memory_mb": 2048}, "list_models": {"cpu": 1, "memory_mb": 256}},
+    {"classify": {"cpu": 8, "memory_mb": 32768}, "dedicated_classify": {"big": {"cpu": 6, "memory_mb": 24576}}},
+    {"batch_cpu": 1, "batch_memory_mb": 4096},
+    {"batch_cpu": 6, "batch_memory_mb": 4096},
+    {},
+])
+def test_sizes_cloud_run_accepts_plan(settings, tmp_path):
+    result = plan_variables(tmp_path, settings)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_example_settings_pass_every_validation_and_name_only_what_they_mark_to_change(tmp_path):
+    example = TERRAFORM_DIR / "terraform.tfvars.example"
+    result = plan_variables(tmp_path, {}, var_file=example)
+    assert result.returncode == 0, result.stderr
+    settings = load_hcl(example.name)
+    # Buckets named there are granted to (or read by) the stack: none may be a sample name.
+    assert settings["allowed_gcs_buckets"] == []
+    assert settings["batch_input_bucket"] is None and settings["batch_output_bucket"] is None
+    assert "batch_image" not in settings, "the build sets the batch image (build.tfvars)"
+    for line in example.read_text().splitlines():
+        assignment = line.split("#", 1)[0]
+        if "my-project" in assignment:
+            assert "# CHANGE:" in line, f"a placeholder without a note saying to change it: {line}"
+
+
+def test_every_function_runs_as_many_server_threads_as_it_takes_concurrent_requests(tmp_path):
+    """functions-framework starts 4 x CPU threads unless THREADS is set; it must be the concurrency."""
+    environment = evaluate_locals(tmp_path, "local.function_environment", {
+        "list_models": {"concurrency": 40},
+        "classify": {"concurrency": 3, "environment": {"THREADS": "64", "LOG_LEVEL": "DEBUG"}},
+        "dedicated_classify": {"efficientnet_lite2": {"concurrency": 2}},
+    }, sources=("main.tf", "functions.tf"), stubs={"weights_bucket": '"weights"'})
+    assert {key: env["THREADS"] for key, env in environment.items()} == {
+        "list_models": "40", "classify": "3", "classify_efficientnet_lite2": "2"}
+    assert environment["classify"]["LOG_LEVEL"] == "DEBUG", "other entries of environment still apply"
+    service = resources("google_cloudfunctions2_function")["function"]["service_config"][0]
+    assert service["max_instance_request_concurrency"] == "${each.value.concurrency}"
+
+
+def test_the_api_key_output_says_how_the_gateway_takes_it(spec):
+    outputs = {name: body for block in load_hcl("outputs.tf")["output"] for name, body in block.items()}
+    description = outputs["api_key"]["description"]
+    (scheme,) = spec["securityDefinitions"].values()
+    assert scheme["in"] == "header"
+    assert scheme["name"].lower() in description.lower() and "header" in description
+    assert "?key" not in description
 
 
 # --- IAM: least privilege ----------------------------------------------------------------------
@@ -199,9 +285,47 @@ def test_batch_reads_weights_and_input_and_writes_only_its_output():
                      ("${var.batch_output_bucket}", "roles/storage.objectUser")}
 
 
-def test_only_the_builder_has_a_project_level_role_and_it_is_log_writing():
-    project = [grant for grant in iam_grants() if grant.resource.startswith("google_project_iam_member.")]
-    assert [(account_of(grant.member), grant.role) for grant in project] == [("builder", "roles/logging.logWriter")]
+def test_batch_bucket_grants_exist_only_with_the_job_and_a_named_bucket():
+    grants = resources("google_storage_bucket_iam_member")
+    for name, variable in (("batch_reads_input", "batch_input_bucket"), ("batch_writes_output", "batch_output_bucket")):
+        assert grants[name]["count"] == f"${{var.batch_image != null && var.{variable} != null ? 1 : 0}}"
+    assert resources("google_cloud_run_v2_job")["batch"]["count"] == "${var.batch_image == null ? 0 : 1}"
+
+
+def test_only_the_builder_has_project_level_roles_logs_and_the_gcf_sources_bucket_alone():
+    project = {(account_of(grant.member), grant.role): grant for grant in iam_grants()
+               if grant.resource.startswith("google_project_iam_member.")}
+    assert set(project) == {("builder", "roles/logging.logWriter"), ("builder", "roles/storage.objectViewer")}
+    assert "condition" not in resources("google_project_iam_member")["builder_writes_logs"]
+
+
+def test_builds_can_read_the_copy_of_their_source_cloud_functions_makes_and_no_other_bucket():
+    """hashicorp/terraform-provider-google#20571: gen2 builds fetch from gcf-v2-sources-NUMBER-REGION."""
+    (data,) = load_hcl("iam.tf")["data"]
+    assert data["google_project"]["main"]["project_id"] == "${var.project_id}"
+    (names,) = load_hcl("iam.tf")["locals"]
+    assert names["gcf_sources_bucket"] == "gcf-v2-sources-${data.google_project.main.number}-${var.region}"
+    grant = resources("google_project_iam_member")["builder_reads_gcf_sources"]
+    assert grant["role"] == "roles/storage.objectViewer"
+    assert grant["member"] == "${google_service_account.builder.member}"
+    (condition,) = grant["condition"]
+    bucket = "gcf-v2-sources-42-europe-west1"
+    allows = iam_condition(condition["expression"].replace("${local.gcf_sources_bucket}", bucket))
+    assert allows("projects/_/buckets/gcf-v2-sources-42-europe-west1")  # objects.list
+    assert allows("projects/_/buckets/gcf-v2-sources-42-europe-west1/objects/classify/function-source.zip")
+    assert not allows("projects/_/buckets/gcf-v2-sources-42-europe-west1-other/objects/x")
+    assert not allows("projects/_/buckets/gcf-v2-sources-42-us-central1/objects/x")
+    assert not allows("projects/_/buckets/my-weights/objects/models/catalog.json")
+
+
+def test_functions_wait_for_the_build_grants_to_settle():
+    """The provider's build-account example waits 60 s between the grants and the function."""
+    function = resources("google_cloudfunctions2_function")["function"]
+    assert "${time_sleep.builder_grants_settle}" in function["depends_on"]
+    settle = resources("time_sleep")["builder_grants_settle"]
+    assert int(settle["create_duration"].rstrip("s")) >= 60
+    builder_grants = {f"${{{grant.resource}.id}}" for grant in iam_grants() if account_of(grant.member) == "builder"}
+    assert set(settle["triggers"].values()) == builder_grants, "the wait must come after every grant the build uses"
 
 
 # --- The gateway spec ----------------------------------------------------------------------------
@@ -315,28 +439,45 @@ def test_cloudbuild_waits_only_for_steps_that_exist_before_it(cloudbuild):
             assert dependency == "-" or dependency in seen, f"{step['id']} waits for unknown step {dependency}"
         assert step["id"] not in seen
         seen.add(step["id"])
-    assert {"test", "bundles", "build-batch", "push-batch", "deploy", "publish-web"} <= seen
+    assert {"test", "build-batch", "push-batch", "deploy", "publish-web", "smoke"} <= seen
 
 
-def test_cloudbuild_tests_bundles_and_builds_the_image_before_it_deploys(cloudbuild):
+def test_cloudbuild_tests_and_builds_the_image_before_it_deploys_and_smoke_checks_after(cloudbuild):
     steps = {step["id"]: step for step in cloudbuild["steps"]}
 
     def before(step_id: str) -> set[str]:
         direct = set(steps[step_id].get("waitFor", [])) - {"-"}
         return direct.union(*(before(each) for each in direct)) if direct else set()
 
-    assert {"test", "bundles", "push-batch", "build-batch"} <= before("deploy")
+    assert {"test", "push-batch", "build-batch", "image-repository"} <= before("deploy")
     assert "deploy" in before("publish-web")
+    assert "publish-web" in before("smoke"), "the smoke check sees the page's config too"
     assert "test" in before("push-batch"), "only a tested image may become :latest"
-    build = " ".join(steps["build-batch"]["args"])
-    assert "--cache-from=${_IMAGE_REPO}/batch-base:latest" in build and "--file=batch/Dockerfile" in build
-    assert "docker pull ${_IMAGE_REPO}/batch-base:latest" in steps["pull-batch-cache"]["args"][-1]
+    assert "image-repository" in before("pull-batch-cache")
+    build = steps["build-batch"]["args"][-1]
+    assert '--cache-from="$$repo/batch-base:latest"' in build and "--file=batch/Dockerfile" in build
+    assert 'docker pull "$$repo/batch-base:latest"' in steps["pull-batch-cache"]["args"][-1]
     assert "make test" in steps["test"]["args"][-1]
-    assert steps["bundles"]["args"][0] == "scripts/build_bundles.py"
-    deploy = steps["deploy"]["args"][-1]
-    assert "terraform apply" in deploy and "-lock-timeout" in deploy
     publish = steps["publish-web"]["args"][-1]
     assert "IMGCLASSIFY_CONFIG" in publish and "gcloud storage rsync /workspace/web" in publish
+    smoke = steps["smoke"]
+    assert smoke["args"][:3] == ["scripts/smoke.py", "--terraform-outputs", "/workspace/terraform-outputs.json"]
+    assert smoke["entrypoint"] == "python3" and smoke["name"].startswith("python:3.11")
+
+
+def test_cloudbuild_applies_the_operators_settings_and_nothing_of_its_own_but_the_image(cloudbuild):
+    """The build's apply must not undo the operator's: it goes through deploy.sh, with no -var of its own."""
+    steps = {step["id"]: step for step in cloudbuild["steps"]}
+    deploy = steps["deploy"]["args"][-1]
+    assert "infra/terraform/deploy.sh ${_TF_STATE_BUCKET} ${_TF_STATE_PREFIX} -auto-approve" in deploy
+    assert "-var" not in deploy.replace("-var-file", "") and "-var-file" not in deploy
+    assert "gs://${_TF_STATE_BUCKET}/${_TF_STATE_PREFIX}/build.tfvars" in deploy
+    text = (REPO / "cloudbuild.yaml").read_text()
+    assert "terraform apply" not in text, "only deploy.sh applies"
+    # Where images go comes from the state the operator's first apply wrote, not from substitutions.
+    assert "terraform output -raw image_repository" in steps["image-repository"]["args"][-1]
+    assert set(cloudbuild["substitutions"]) == {"_TF_STATE_BUCKET", "_TF_STATE_PREFIX", "_TERRAFORM_VERSION",
+                                                "_BATCH_BASE_TARGET"}
 
 
 def test_cloudbuild_declares_every_substitution_it_uses_and_uses_every_one_it_declares(cloudbuild):
@@ -348,18 +489,106 @@ def test_cloudbuild_declares_every_substitution_it_uses_and_uses_every_one_it_de
     used_in_steps = set(re.findall(r"(?<!\$)\$\{?(_[A-Z0-9_]+)", body)) | {
         name for value in cloudbuild["substitutions"].values() for name in re.findall(r"\$\{(_[A-Z0-9_]+)\}", value)}
     assert declared - used_in_steps == set(), "declared but unused substitutions"
-    assert {"_REGION", "_WEIGHTS_BUCKET", "_SITE_BUCKET", "_SOURCES_BUCKET", "_TF_STATE_BUCKET"} <= declared
     # Shell variables must be escaped as $$NAME, or Cloud Build would try to substitute them.
     assert not re.findall(r"(?<!\$)\$\{?[a-z][a-z_]*", body.replace("$$", "")), "unescaped shell variable"
 
 
 def test_cloudbuild_runs_only_files_that_exist():
     assert (REPO / "scripts" / "build_bundles.py").is_file()
+    assert (REPO / "scripts" / "smoke.py").is_file()
+    assert os.access(TERRAFORM_DIR / "deploy.sh", os.X_OK)
     assert (TERRAFORM_DIR / "versions.tf").is_file()
     assert (REPO / "web" / "index.html").is_file()
     dockerfile = REPO / "batch" / "Dockerfile"
     if dockerfile.exists():  # the batch job's own issue adds it; its base stage is the build cache
         assert re.search(r"^FROM\s+\S+\s+AS\s+base\s*$", dockerfile.read_text(), re.IGNORECASE | re.MULTILINE)
+
+
+# --- deploy.sh: one copy of the settings, for the build and for people --------------------------
+
+
+@pytest.fixture
+def cloud_tools(tmp_path) -> dict:
+    """Stand-ins for gcloud and terraform, which cannot reach Google Cloud from here.
+
+    gcloud serves ``gs://BUCKET/PATH`` from a local directory; terraform records its arguments
+    (with the content of every -var-file) and succeeds.
+    """
+    bin_dir, gcs, record = tmp_path / "bin", tmp_path / "gcs", tmp_path / "terraform-calls.jsonl"
+    bin_dir.mkdir()
+    gcs.mkdir()
+    (bin_dir / "gcloud").write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import shutil, sys
+        args = [a for a in sys.argv[1:] if a != "--quiet"]
+        local = lambda uri: "{gcs}/" + uri.removeprefix("gs://")
+        if args[:2] == ["storage", "cp"]:
+            src, dst = args[2:4]
+            try:
+                shutil.copyfile(local(src) if src.startswith("gs://") else src,
+                                local(dst) if dst.startswith("gs://") else dst)
+            except FileNotFoundError:
+                sys.exit("ERROR: (gcloud.storage.cp) The following URLs matched no objects or files: " + src)
+        elif args[:2] == ["storage", "ls"]:
+            import os
+            sys.exit(0 if os.path.exists(local(args[2])) else 1)
+        else:
+            sys.exit("unexpected gcloud call: " + " ".join(args))
+        """))
+    (bin_dir / "terraform").write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, os, sys
+        paths = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("-var-file=")]
+        with open("{record}", "a") as out:
+            call = {{"args": sys.argv[1:], "cwd": os.getcwd(), "var_files": [open(p).read() for p in paths]}}
+            out.write(json.dumps(call) + "\\n")
+        """))
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return {"env": env, "gcs": gcs, "calls": lambda: [json.loads(line) for line in record.read_text().splitlines()]
+            if record.exists() else []}
+
+
+def run_deploy(tools: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TERRAFORM_DIR / "deploy.sh"), *args], capture_output=True, text=True,
+                          env=tools["env"], timeout=300)
+
+
+def test_deploy_applies_the_settings_kept_next_to_the_state_and_the_builds_image(cloud_tools):
+    state = cloud_tools["gcs"] / "my-tfstate" / "imgclassify"
+    state.mkdir(parents=True)
+    (state / "terraform.tfvars").write_text('project_id = "my-project"\nclassify = { min_instances = 1 }\n')
+    (state / "build.tfvars").write_text('batch_image = "europe-west1-docker.pkg.dev/p/imgclassify/batch:b1"\n')
+    result = run_deploy(cloud_tools, "my-tfstate", "imgclassify", "-auto-approve")
+    assert result.returncode == 0, result.stdout + result.stderr
+    init, apply = cloud_tools["calls"]()
+    assert init["args"] == ["init", "-input=false", "-backend-config=bucket=my-tfstate",
+                            "-backend-config=prefix=imgclassify"]
+    assert apply["args"][:3] == ["apply", "-input=false", "-lock-timeout=30m"] and apply["args"][-1] == "-auto-approve"
+    assert apply["var_files"] == [(state / "terraform.tfvars").read_text(), (state / "build.tfvars").read_text()]
+    assert apply["cwd"] == str(TERRAFORM_DIR)
+    assert not [arg for arg in apply["args"] if arg.startswith("-var=")]
+
+
+def test_deploy_without_settings_in_the_state_bucket_stops_before_terraform(cloud_tools):
+    (cloud_tools["gcs"] / "my-tfstate").mkdir()
+    result = run_deploy(cloud_tools, "my-tfstate")
+    assert result.returncode == 1
+    assert "could not read gs://my-tfstate/imgclassify/terraform.tfvars" in result.stderr
+    assert cloud_tools["calls"]() == []
+
+
+def test_deploy_refuses_settings_that_only_this_machine_would_apply(cloud_tools):
+    local = TERRAFORM_DIR / "zz-deploy-test.auto.tfvars"
+    local.write_text("classify = { cpu = 4 }\n")
+    try:
+        result = run_deploy(cloud_tools, "my-tfstate")
+    finally:
+        local.unlink()
+    assert result.returncode == 2
+    assert "zz-deploy-test.auto.tfvars would be applied from this machine only" in result.stderr
+    assert cloud_tools["calls"]() == []
 
 
 # --- make venv: CPU torch for a newcomer, the machine's own torch where it has one -----------------
@@ -471,9 +700,77 @@ def render_spec(workdir: Path, dedicated: dict[str, str]) -> str:
         "classify_requests_per_minute": 77,
         "list_models_requests_per_minute": 555,
     }
-    expression = f"jsonencode({{spec = templatefile({json.dumps(str(SPEC_TEMPLATE))}, " \
+    return render_template(workdir, SPEC_TEMPLATE, values)
+
+
+def iam_condition(expression: str):
+    """The resource names an IAM condition made of ``resource.name == "X"`` and ``startsWith("X")`` terms allows."""
+    terms = [term.strip() for term in expression.split("||")]
+    tests = []
+    for term in terms:
+        found = re.fullmatch(r'resource\.name == "([^"]+)"', term) or re.fullmatch(
+            r'resource\.name\.startsWith\("([^"]+)"\)', term)
+        assert found, f"condition term this test cannot read: {term}"
+        value = found.group(1)
+        tests.append((lambda name, value=value: name == value) if "==" in term else
+                     (lambda name, value=value: name.startswith(value)))
+    return lambda name: any(test(name) for test in tests)
+
+
+REQUIRED_VARIABLES = {"project_id": "my-project", "weights_bucket": "my-project-weights"}
+
+
+def terraform_workdir(workdir: Path, settings: dict, sources: tuple[str, ...] = (), stubs: dict | None = None) -> Path:
+    """A provider-free Terraform module: variables.tf, the locals blocks of ``sources``, ``settings``."""
+    shutil.copyfile(TERRAFORM_DIR / "variables.tf", workdir / "variables.tf")
+    blocks = [block for name in sources for block in locals_blocks((TERRAFORM_DIR / name).read_text())]
+    if stubs:
+        blocks.append("locals {\n" + "".join(f"  {name} = {value}\n" for name, value in stubs.items()) + "}\n")
+    (workdir / "module.tf").write_text("\n".join(blocks))
+    (workdir / "settings.tfvars.json").write_text(json.dumps({**REQUIRED_VARIABLES, **settings}))
+    return workdir
+
+
+def plan_variables(workdir: Path, settings: dict, var_file: Path | None = None) -> subprocess.CompletedProcess:
+    """``terraform plan`` of the variables alone: runs every validation, offline."""
+    terraform_workdir(workdir, settings)
+    init = subprocess.run([terraform(), "init", "-input=false", "-no-color"], cwd=workdir, capture_output=True,
+                          text=True, env=TF_ENV, timeout=120)
+    assert init.returncode == 0, init.stderr
+    files = ["-var-file=settings.tfvars.json"] if var_file is None else [f"-var-file={var_file}"]
+    return subprocess.run([terraform(), "plan", "-input=false", "-no-color", "-lock=false", *files], cwd=workdir,
+                          capture_output=True, text=True, env=TF_ENV, timeout=120)
+
+
+def evaluate_locals(workdir: Path, expression: str, settings: dict, sources: tuple[str, ...],
+                    stubs: dict | None = None):
+    """``expression`` evaluated by ``terraform console`` over the named files' locals."""
+    terraform_workdir(workdir, settings, sources, stubs)
+    result = subprocess.run([terraform(), "console", "-var-file=settings.tfvars.json"], cwd=workdir,
+                            input=f"jsonencode({expression})", capture_output=True, text=True, env=TF_ENV, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(json.loads(result.stdout))
+
+
+def locals_blocks(text: str) -> list[str]:
+    """The top-level ``locals { ... }`` blocks of a Terraform file, as text."""
+    blocks = []
+    for start in (found.start() for found in re.finditer(r"^locals \{", text, re.MULTILINE)):
+        depth = 0
+        for index in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[index], 0)
+            if depth == 0 and text[index] == "}":
+                blocks.append(text[start:index + 1])
+                break
+    return blocks
+
+
+def render_template(workdir: Path, template: Path, values: dict) -> str:
+    """``template`` rendered by Terraform's own templatefile."""
+    expression = f"jsonencode({{out = templatefile({json.dumps(str(template))}, " \
                  f"jsondecode({json.dumps(json.dumps(values))}))}})"
     result = subprocess.run([terraform(), "console"], input=expression, cwd=workdir, capture_output=True, text=True,
                             env=TF_ENV, timeout=120)
     assert result.returncode == 0, result.stderr
-    return json.loads(json.loads(result.stdout))["spec"]
+    return json.loads(json.loads(result.stdout))["out"]
+

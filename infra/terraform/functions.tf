@@ -2,7 +2,11 @@
 
 locals {
   # Environment of each deployment: computed settings first, then the variable's own entries,
-  # which win. The names are those of the README's configuration table (imgclassify/settings.py).
+  # which win, except THREADS. The names are those of the README's configuration table
+  # (imgclassify/settings.py), plus THREADS, which functions-framework reads: it starts
+  # 4 x vCPU gunicorn threads unless told otherwise, so an instance allowed 40 concurrent
+  # requests on one vCPU would queue 36 of them instead of letting Cloud Run scale out.
+  # Google's concurrency guidance for Python functions: THREADS = the concurrency.
   function_environment = {
     for key, function in local.functions : key => merge(
       {
@@ -11,13 +15,15 @@ locals {
         CORS_ALLOWED_ORIGINS = join(",", local.cors_origins)
       },
       function.entry_point == "classify" ? tomap({
-        # Half the memory for warm models; the rest is torch, requests and decoded images.
+        # Half the memory for warm models; the rest is the runtime, requests and decoded images.
         CACHE_BUDGET_MB     = tostring(floor(function.memory_mb / 2))
-        TORCH_THREADS       = tostring(function.cpu)
+        ENGINE_THREADS      = tostring(function.cpu)
         ALLOWED_GCS_BUCKETS = join(",", var.allowed_gcs_buckets)
       }) : tomap({}),
       function.model == null ? tomap({}) : tomap({ DEFAULT_MODEL = function.model, PRELOAD_DEFAULT_MODEL = "true" }),
       function.environment,
+      # Always the concurrency: one setting, so the two can never disagree.
+      { THREADS = tostring(function.concurrency) },
     )
   }
 }
@@ -61,11 +67,10 @@ resource "google_cloudfunctions2_function" "function" {
     ingress_settings = "ALLOW_ALL"
   }
 
+  # The build's grants, once they have settled (iam.tf); the runtime's read of the weights.
   depends_on = [
     google_project_service.apis,
-    google_storage_bucket_iam_member.builder_reads_sources,
-    google_artifact_registry_repository_iam_member.builder_pushes_images,
-    google_project_iam_member.builder_writes_logs,
+    time_sleep.builder_grants_settle,
     google_storage_bucket_iam_member.weights_readers,
   ]
 }

@@ -2,7 +2,8 @@
 # Each account holds only what its job needs; tests/test_infra.py checks the rules below.
 #  - classify, list_models: read the weights bucket (classify also reads allowed_gcs_buckets);
 #  - gateway: invokes the functions, and is the only principal that may;
-#  - builder: builds the functions' images (reads sources, writes the image repository, logs);
+#  - builder: builds the functions' images (reads the sources and Cloud Functions' copy of them,
+#    writes the image repository and logs);
 #  - batch: reads weights and its input bucket, writes its output bucket.
 
 resource "google_service_account" "classify" {
@@ -77,7 +78,37 @@ resource "google_cloud_run_v2_service_iam_member" "gateway_invokes" {
 }
 
 # --- Builder: what a gen2 function build needs -----------------------------------------
+# Cloud Functions copies each source zip from our sources bucket into its own bucket in this
+# project, gcf-v2-sources-PROJECT_NUMBER-REGION, and the build downloads it from there: without
+# read access to that bucket every build fails with "Access to bucket gcf-v2-sources-... denied"
+# (hashicorp/terraform-provider-google#20571). The provider's own example grants Storage Object
+# Admin on the whole project; the build only reads, so it gets Object Viewer, on that bucket
+# alone. The grant is made on the project with a condition on the bucket's name, because the
+# bucket does not exist before the first function does.
 
+data "google_project" "main" {
+  project_id = var.project_id
+}
+
+locals {
+  gcf_sources_bucket = "gcf-v2-sources-${data.google_project.main.number}-${var.region}"
+}
+
+resource "google_project_iam_member" "builder_reads_gcf_sources" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.builder.member
+
+  condition {
+    title       = "gcf-v2-sources bucket only"
+    description = "Function builds read their source from the bucket Cloud Functions copies it to; nothing else."
+    # The bucket itself (objects.list) and the objects in it (objects.get); no other bucket,
+    # not even one whose name merely starts with the same characters.
+    expression = "resource.name == \"projects/_/buckets/${local.gcf_sources_bucket}\" || resource.name.startsWith(\"projects/_/buckets/${local.gcf_sources_bucket}/\")"
+  }
+}
+
+# Our own copy of the zips: the same bytes as the copy above, so reading them grants nothing new.
 resource "google_storage_bucket_iam_member" "builder_reads_sources" {
   bucket = google_storage_bucket.sources.name
   role   = "roles/storage.objectViewer"
@@ -98,10 +129,27 @@ resource "google_project_iam_member" "builder_writes_logs" {
   member  = google_service_account.builder.member
 }
 
+# IAM is eventually consistent: a build that starts right after its grants may still be
+# refused. The provider's build-account example waits 60 s between the grants and the
+# function (cloudfunctions2_basic_builder); the functions depend on this wait, so it runs on
+# the first apply (and whenever a grant is recreated), not on every apply.
+resource "time_sleep" "builder_grants_settle" {
+  create_duration = "60s"
+
+  triggers = {
+    gcf_sources = google_project_iam_member.builder_reads_gcf_sources.id
+    sources     = google_storage_bucket_iam_member.builder_reads_sources.id
+    images      = google_artifact_registry_repository_iam_member.builder_pushes_images.id
+    logs        = google_project_iam_member.builder_writes_logs.id
+  }
+}
+
 # --- Batch job ---------------------------------------------------------------------------
+# Only once the job exists (batch_image set): before that, its account needs no bucket, and a
+# bucket named ahead of time is not touched until the job that uses it is deployed.
 
 resource "google_storage_bucket_iam_member" "batch_reads_input" {
-  count = var.batch_input_bucket == null ? 0 : 1
+  count = var.batch_image != null && var.batch_input_bucket != null ? 1 : 0
 
   bucket = var.batch_input_bucket
   role   = "roles/storage.objectViewer"
@@ -110,7 +158,7 @@ resource "google_storage_bucket_iam_member" "batch_reads_input" {
 
 # Object User: create, overwrite and delete objects (a retried task rewrites its shard), no IAM.
 resource "google_storage_bucket_iam_member" "batch_writes_output" {
-  count = var.batch_output_bucket == null ? 0 : 1
+  count = var.batch_image != null && var.batch_output_bucket != null ? 1 : 0
 
   bucket = var.batch_output_bucket
   role   = "roles/storage.objectUser"

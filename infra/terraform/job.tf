@@ -46,7 +46,7 @@ resource "google_cloud_run_v2_job" "batch" {
           value = tostring(floor(var.batch_memory_mb / 2))
         }
         env {
-          name  = "TORCH_THREADS"
+          name  = "ENGINE_THREADS"
           value = tostring(var.batch_cpu)
         }
       }

@@ -6,7 +6,7 @@ output "gateway_url" {
 }
 
 output "api_key" {
-  description = "The web page's API key (send as X-Api-Key or ?key=); restricted to this API."
+  description = "The web page's API key, restricted to this API. Send it in the X-Api-Key header, the only place the gateway spec takes a key from."
   value       = google_apikeys_key.web.key_string
   sensitive   = true
 }

@@ -1,5 +1,20 @@
 # Every input of the stack. Only project_id and weights_bucket have no default.
 
+locals {
+  # Cloud Run's vCPU and memory table (https://cloud.google.com/run/docs/configuring/jobs/cpu,
+  # .../services/memory-limits): vCPUs above 1 must be 2, 4, 6 or 8, and each count takes a
+  # memory range in MiB. Gen2 functions and the batch job are Cloud Run services and jobs, so
+  # the validations below check every size against it at plan time, not at deploy time.
+  cloud_run_memory_mb = {
+    "1" = [128, 4096]
+    "2" = [128, 8192]
+    "4" = [2048, 16384]
+    "6" = [4096, 24576]
+    "8" = [4096, 32768]
+  }
+  cloud_run_sizes = join(", ", [for cpu, range in local.cloud_run_memory_mb : "cpu ${cpu} with memory_mb ${range[0]}-${range[1]}"])
+}
+
 # --- Project and placement -------------------------------------------------------------
 
 variable "project_id" {
@@ -133,14 +148,21 @@ variable "classify" {
 
   validation {
     condition = (
-      var.classify.cpu >= 1 && var.classify.cpu <= 8 && floor(var.classify.cpu) == var.classify.cpu
-      && var.classify.memory_mb >= 512 && var.classify.memory_mb <= var.classify.cpu * 4096
-      && var.classify.concurrency >= 1 && var.classify.concurrency <= 1000
+      contains(keys(local.cloud_run_memory_mb), tostring(var.classify.cpu))
+      && var.classify.memory_mb >= max(512, lookup(local.cloud_run_memory_mb, tostring(var.classify.cpu), [1, 0])[0])
+      && var.classify.memory_mb <= lookup(local.cloud_run_memory_mb, tostring(var.classify.cpu), [1, 0])[1]
+    )
+    error_message = "classify: Cloud Run allows ${local.cloud_run_sizes} (and this function needs at least 512 MiB); got cpu = ${var.classify.cpu}, memory_mb = ${var.classify.memory_mb}."
+  }
+
+  validation {
+    condition = (
+      var.classify.concurrency >= 1 && var.classify.concurrency <= 1000
       && var.classify.min_instances >= 0 && var.classify.max_instances >= max(1, var.classify.min_instances)
       && var.classify.timeout_seconds >= 10 && var.classify.timeout_seconds <= 3600
       && alltrue([for key in keys(var.classify.environment) : can(regex("^[A-Z][A-Z0-9_]*$", key))])
     )
-    error_message = "classify: cpu a whole 1-8, memory_mb 512..cpu*4096, concurrency 1-1000, 0 <= min_instances <= max_instances (>= 1), timeout_seconds 10-3600, environment names in UPPER_SNAKE_CASE."
+    error_message = "classify: concurrency 1-1000, 0 <= min_instances <= max_instances (>= 1), timeout_seconds 10-3600, environment names in UPPER_SNAKE_CASE."
   }
 }
 
@@ -160,14 +182,21 @@ variable "list_models" {
 
   validation {
     condition = (
-      var.list_models.cpu >= 1 && var.list_models.cpu <= 8 && floor(var.list_models.cpu) == var.list_models.cpu
-      && var.list_models.memory_mb >= 256 && var.list_models.memory_mb <= var.list_models.cpu * 4096
-      && var.list_models.concurrency >= 1 && var.list_models.concurrency <= 1000
+      contains(keys(local.cloud_run_memory_mb), tostring(var.list_models.cpu))
+      && var.list_models.memory_mb >= max(256, lookup(local.cloud_run_memory_mb, tostring(var.list_models.cpu), [1, 0])[0])
+      && var.list_models.memory_mb <= lookup(local.cloud_run_memory_mb, tostring(var.list_models.cpu), [1, 0])[1]
+    )
+    error_message = "list_models: Cloud Run allows ${local.cloud_run_sizes} (and this function needs at least 256 MiB); got cpu = ${var.list_models.cpu}, memory_mb = ${var.list_models.memory_mb}."
+  }
+
+  validation {
+    condition = (
+      var.list_models.concurrency >= 1 && var.list_models.concurrency <= 1000
       && var.list_models.min_instances >= 0 && var.list_models.max_instances >= max(1, var.list_models.min_instances)
       && var.list_models.timeout_seconds >= 5 && var.list_models.timeout_seconds <= 3600
       && alltrue([for key in keys(var.list_models.environment) : can(regex("^[A-Z][A-Z0-9_]*$", key))])
     )
-    error_message = "list_models: cpu a whole 1-8, memory_mb 256..cpu*4096, concurrency 1-1000, 0 <= min_instances <= max_instances (>= 1), timeout_seconds 5-3600, environment names in UPPER_SNAKE_CASE."
+    error_message = "list_models: concurrency 1-1000, 0 <= min_instances <= max_instances (>= 1), timeout_seconds 5-3600, environment names in UPPER_SNAKE_CASE."
   }
 }
 
@@ -197,12 +226,21 @@ variable "dedicated_classify" {
 
   validation {
     condition = alltrue([for settings in values(var.dedicated_classify) : (
-      settings.cpu >= 1 && settings.cpu <= 8 && floor(settings.cpu) == settings.cpu
-      && settings.memory_mb >= 512 && settings.memory_mb <= settings.cpu * 4096
-      && settings.concurrency >= 1 && settings.min_instances >= 0 && settings.max_instances >= max(1, settings.min_instances)
-      && settings.timeout_seconds >= 10 && settings.timeout_seconds <= 3600
+      contains(keys(local.cloud_run_memory_mb), tostring(settings.cpu))
+      && settings.memory_mb >= max(512, lookup(local.cloud_run_memory_mb, tostring(settings.cpu), [1, 0])[0])
+      && settings.memory_mb <= lookup(local.cloud_run_memory_mb, tostring(settings.cpu), [1, 0])[1]
     )])
-    error_message = "dedicated_classify: same limits as var.classify."
+    error_message = "dedicated_classify: Cloud Run allows ${local.cloud_run_sizes} (and classify needs at least 512 MiB); got ${join(", ", [for name, settings in var.dedicated_classify : "${name}: cpu = ${settings.cpu}, memory_mb = ${settings.memory_mb}"])}."
+  }
+
+  validation {
+    condition = alltrue([for settings in values(var.dedicated_classify) : (
+      settings.concurrency >= 1 && settings.concurrency <= 1000
+      && settings.min_instances >= 0 && settings.max_instances >= max(1, settings.min_instances)
+      && settings.timeout_seconds >= 10 && settings.timeout_seconds <= 3600
+      && alltrue([for key in keys(settings.environment) : can(regex("^[A-Z][A-Z0-9_]*$", key))])
+    )])
+    error_message = "dedicated_classify: same limits as var.classify (concurrency 1-1000, 0 <= min_instances <= max_instances (>= 1), timeout_seconds 10-3600, environment names in UPPER_SNAKE_CASE)."
   }
 }
 
@@ -218,9 +256,14 @@ variable "cors_allowed_origins" {
 }
 
 variable "allowed_gcs_buckets" {
-  description = "Buckets that gcs_uri inputs may name (ALLOWED_GCS_BUCKETS). The classify service account is granted read on each."
+  description = "Buckets that gcs_uri inputs may name (ALLOWED_GCS_BUCKETS). The classify service account is granted read on each, so each must exist."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = alltrue([for bucket in var.allowed_gcs_buckets : can(regex("^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$", bucket))])
+    error_message = "allowed_gcs_buckets must be bucket names (no gs:// prefix, no path)."
+  }
 }
 
 # --- Gateway, key and quotas ----------------------------------------------------------
@@ -262,15 +305,25 @@ variable "batch_image" {
 }
 
 variable "batch_input_bucket" {
-  description = "Bucket the batch job reads images from (read-only for its service account). null: the job gets no input bucket access."
+  description = "Bucket the batch job reads images from (read-only for its service account), granted once the job exists (batch_image). null: no input bucket access."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.batch_input_bucket == null || can(regex("^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$", coalesce(var.batch_input_bucket, "x")))
+    error_message = "batch_input_bucket must be null or a bucket name (no gs:// prefix, no path)."
+  }
 }
 
 variable "batch_output_bucket" {
-  description = "Bucket the batch job writes its JSONL results to. null: the job gets no output bucket access."
+  description = "Bucket the batch job writes its JSONL results to, granted once the job exists (batch_image). null: no output bucket access."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.batch_output_bucket == null || can(regex("^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$", coalesce(var.batch_output_bucket, "x")))
+    error_message = "batch_output_bucket must be null or a bucket name (no gs:// prefix, no path)."
+  }
 }
 
 variable "batch_args" {
@@ -324,23 +377,27 @@ variable "batch_max_retries" {
 }
 
 variable "batch_cpu" {
-  description = "vCPUs of one batch task."
+  description = "vCPUs of one batch task (Cloud Run: 1, 2, 4, 6 or 8, each with its memory range; see batch_memory_mb)."
   type        = number
   default     = 4
 
   validation {
-    condition     = contains([1, 2, 4, 6, 8], var.batch_cpu)
-    error_message = "batch_cpu must be 1, 2, 4, 6 or 8."
+    condition     = contains(keys(local.cloud_run_memory_mb), tostring(var.batch_cpu))
+    error_message = "batch_cpu must be 1, 2, 4, 6 or 8 (Cloud Run allows ${local.cloud_run_sizes}); got ${var.batch_cpu}."
   }
 }
 
 variable "batch_memory_mb" {
-  description = "Memory of one batch task, in MiB."
+  description = "Memory of one batch task, in MiB; Cloud Run bounds it by batch_cpu."
   type        = number
   default     = 8192
 
   validation {
-    condition     = var.batch_memory_mb >= 1024 && var.batch_memory_mb <= 32768
-    error_message = "batch_memory_mb must be 1024-32768."
+    condition = (
+      var.batch_memory_mb >= max(1024, lookup(local.cloud_run_memory_mb, tostring(var.batch_cpu), [1, 0])[0])
+      && var.batch_memory_mb <= lookup(local.cloud_run_memory_mb, tostring(var.batch_cpu), [1, 0])[1]
+    )
+    error_message = "batch_memory_mb: Cloud Run allows ${local.cloud_run_sizes} (and the job needs at least 1024 MiB); got batch_cpu = ${var.batch_cpu}, batch_memory_mb = ${var.batch_memory_mb}."
   }
 }
+
