@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+from .engines import import_preferred_runtime
 from .http import HttpApp
 from .logs import configure_logging
 from .memory import limit_malloc_arenas
@@ -33,19 +34,28 @@ def preload_before_fork(service: Service) -> dict[str, float]:
     functions-framework imports this module in gunicorn's parent process and then forks
     the worker. A runtime's thread pool does not survive a fork, so the parent stops short
     of building the network: the worker builds it right after the fork, on a thread of its
-    own (:func:`build_after_fork`), while gunicorn starts serving. A storage error (a
+    own (:func:`build_after_fork`), while gunicorn starts serving. The engine's runtime is
+    imported on a thread meanwhile, joined before this returns. A storage error (a
     permission still propagating, an outage) is logged and the instance starts anyway: the
     first request that needs the model loads it. Returns each phase's time in milliseconds.
     """
     phases: dict[str, float] = {}
     started = time.perf_counter()
+    # The runtime's import (CPU) overlaps the catalog read and the download (network).
+    importer = threading.Thread(target=import_preferred_runtime, args=(service.settings.engine_options(),),
+                                name="import-runtime")
+    importer.start()
     try:
         service.registry.catalog()
     except Exception as error:  # noqa: BLE001 - start-up must not die; requests will retry
         log.warning("could not read the catalog at start-up (%s); models load on first use", error)
+        importer.join()  # joined before returning: no thread may cross the fork
         return phases
     phases["catalog"] = round((time.perf_counter() - started) * 1000, 1)
     model = service.registry.warm_up()
+    started = time.perf_counter()
+    importer.join()
+    phases["import_runtime_wait"] = round((time.perf_counter() - started) * 1000, 1)
     if model is not None:
         phases.update(model.load_ms)
         os.register_at_fork(after_in_child=lambda: build_after_fork(model))

@@ -69,6 +69,11 @@ class Engine(ABC):
     def installed() -> bool:
         """Whether this engine's runtime can be imported here."""
 
+    @staticmethod
+    @abstractmethod
+    def import_runtime() -> None:
+        """Import the runtime now (a cold start overlaps this with the model's download)."""
+
     @abstractmethod
     def check(self, manifest: Manifest, data: bytes) -> int:
         """Refuse bytes this engine must not run (IntegrityError); return the memory their weights take."""
@@ -94,6 +99,11 @@ class OnnxRuntimeEngine(Engine):
     @staticmethod
     def installed() -> bool:
         return importlib.util.find_spec("onnxruntime") is not None
+
+    @staticmethod
+    def import_runtime() -> None:
+        import onnx  # noqa: F401 - the checks' parser
+        import onnxruntime  # noqa: F401
 
     def session_options(self):
         import onnxruntime
@@ -145,6 +155,11 @@ class TorchEngine(Engine):
     def installed() -> bool:
         return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("safetensors") is not None
 
+    @staticmethod
+    def import_runtime() -> None:
+        import safetensors.torch  # noqa: F401
+        import torch  # noqa: F401
+
     def check(self, manifest: Manifest, data: bytes) -> int:
         from safetensors import SafetensorError, deserialize
 
@@ -167,6 +182,13 @@ class TorchEngine(Engine):
 
 
 _ENGINE_TYPES: dict[str, type[Engine]] = {engine.name: engine for engine in (OnnxRuntimeEngine, TorchEngine)}
+
+
+def import_preferred_runtime(options: EngineOptions) -> None:
+    """Import the preferred engine's runtime if it is installed (nothing starts a thread)."""
+    engine = _ENGINE_TYPES[options.preferred]
+    if engine.installed():
+        engine.import_runtime()
 
 
 def engine_for(manifest: Manifest, options: EngineOptions) -> Engine:
