@@ -1,16 +1,17 @@
-"""Throughput of one batch-job task against the bare forward pass of the same model.
+"""Throughput of one batch-job task against the same work done in process with ONNX Runtime.
 
 Starts its own storage emulator on 127.0.0.1, publishes Lite0, uploads photo-sized JPEGs,
 then, ``--repeats`` times, measures:
 
-  1. in-process forward only: preprocessed tensors, the job's batch size, this process;
+  1. in process: decode + preprocess the photos and run them in batches of the job's size,
+     one thread, no storage (the floor the job is held to);
   2. one task of the job (``python -m imgclassify.batch``, a separate process, as on Cloud Run):
      images per second from its summary (model load excluded; download, decode, preprocess,
      forward and writing the results included).
 
 Reports the best of the repeats for each (on a shared machine, other work only ever slows a
 run down) and their ratio, plus CPU seconds per image, which contention barely changes.
-``TORCH_THREADS`` applies to both sides. Run with ``.venv/bin/python bench/batch.py``
+``ENGINE_THREADS`` applies to both sides. Run with ``.venv/bin/python bench/batch.py``
 (not part of ``make test``); JSON goes to ``.local/bench-batch.json``.
 """
 
@@ -34,8 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devstack.emulator import StorageEmulator  # noqa: E402
-from imgclassify.images import decode_image  # noqa: E402
-from imgclassify.predict import forward  # noqa: E402
+from imgclassify.engines import EngineOptions  # noqa: E402
 from imgclassify.publish import publish_bundled  # noqa: E402
 from imgclassify.registry import ModelRegistry  # noqa: E402
 from imgclassify.storage import GcsStore  # noqa: E402
@@ -64,14 +64,18 @@ def photo_jpegs(count: int, seed: int = 0) -> list[bytes]:
     return images
 
 
-def forward_throughput(model, inputs: list[np.ndarray], seconds: float) -> dict:
-    """Images per second, and CPU seconds per image, of the forward pass alone on one batch, repeated."""
-    batch = np.stack(inputs)
-    forward(model.module, batch)
-    started, cpu_started, images = time.perf_counter(), time.process_time(), 0
+def in_process_throughput(model, images: list[bytes], batch_size: int, seconds: float) -> dict:
+    """Images per second, and CPU seconds per image, of decode + preprocess + batched forward."""
+    def one_batch(start: int) -> int:
+        chosen = [images[(start + offset) % len(images)] for offset in range(batch_size)]
+        model.classify([model.prepare(data, max_pixels=10**8) for data in chosen], 5)
+        return batch_size
+
+    one_batch(0)
+    started, cpu_started, images_done = time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - started < seconds:
-        forward(model.module, batch)
-        images += len(inputs)
+        images_done += one_batch(images_done)
+    images = images_done
     return {"images_per_second": round(images / (time.perf_counter() - started), 2),
             "cpu_seconds_per_image": round((time.process_time() - cpu_started) / images, 4)}
 
@@ -103,11 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=REPO / ".local" / "bench-batch.json")
     args = parser.parse_args(argv)
-    if os.environ.get("TORCH_THREADS"):
-        import torch
-
-        torch.set_num_threads(int(os.environ["TORCH_THREADS"]))
-
     images = photo_jpegs(args.images)
     with StorageEmulator() as emulator:
         os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
@@ -118,13 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda item: inputs.write(f"{item[0]:05d}.jpg", item[1]), enumerate(images)))
 
-        model, _ = ModelRegistry(store, cache_budget_bytes=2**31, catalog_ttl_seconds=3600).get(MODEL)
-        resize = model.manifest.preprocessing.resize
-        prepared = [model.preprocess(decode_image(data, max_pixels=10**8, min_side=resize))
-                    for data in images[:args.batch_size]]
+        threads = int(os.environ.get("ENGINE_THREADS", "0"))
+        model, _ = ModelRegistry(store, cache_budget_bytes=2**31, catalog_ttl_seconds=3600,
+                                 engine_options=EngineOptions(threads=threads)).get(MODEL)
         forwards, tasks = [], []
         for repeat in range(args.repeats):
-            forwards.append(forward_throughput(model, prepared, args.forward_seconds))
+            forwards.append(in_process_throughput(model, images, args.batch_size, args.forward_seconds))
             tasks.append(run_task(emulator.url, f"gs://{BUCKET}/out-{repeat}", args))
             print(f"run {repeat + 1}: forward {forwards[-1]['images_per_second']} img/s, "
                   f"task {tasks[-1]['images_per_second']} img/s, load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     task_cpu = statistics.median(run["cpu_seconds_per_image"] for run in tasks)
     result = {
         "images": args.images, "batch_size": args.batch_size, "download_concurrency": args.download_concurrency,
-        "torch_threads": os.environ.get("TORCH_THREADS") or "default", "repeats": args.repeats,
+        "engine_threads": os.environ.get("ENGINE_THREADS") or "one per CPU", "repeats": args.repeats,
         "forward": forwards, "task": tasks,
         "best_forward_images_per_second": best_forward["images_per_second"],
         "best_task_images_per_second": best_task["images_per_second"],
@@ -148,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print(f"\n{args.images} photo-sized JPEGs (640x480), {MODEL}, batch {args.batch_size}, "
-          f"{args.download_concurrency} download threads, torch threads {result['torch_threads']}, "
+          f"{args.download_concurrency} download threads, engine threads {result['engine_threads']}, "
           f"{os.cpu_count()} CPUs; best of {args.repeats}")
-    print(f"forward only, in process:  {best_forward['images_per_second']:8.2f} img/s  "
+    print(f"in process (ONNX Runtime): {best_forward['images_per_second']:8.2f} img/s  "
           f"{forward_cpu * 1000:6.1f} CPU ms/img")
     print(f"one job task:              {best_task['images_per_second']:8.2f} img/s  {task_cpu * 1000:6.1f} CPU ms/img  "
           f"(model load {best_task['model_load_seconds']} s; {best_task['images_per_second_with_start']} img/s "
           f"counting process start and load)")
-    print(f"ratio task / forward:      {result['ratio_task_vs_forward']:8.3f}   "
+    print(f"ratio task / in-process:      {result['ratio_task_vs_forward']:8.3f}   "
           f"(CPU cost per image, forward / task: {result['cpu_seconds_per_image']['ratio_forward_vs_task']})")
     print(f"\nJSON: {args.output}")
     return 0
