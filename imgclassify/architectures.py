@@ -1,7 +1,8 @@
 """Build a torch module from a manifest's architecture and load its weights into it.
 
-Each supported library is imported only when a manifest asks for it: importing timm or
-torchvision costs seconds on a cold start, ``efficientnet_lite_pytorch`` almost nothing.
+The publisher and the torch engine both build networks here (the functions, which serve
+ONNX, never import this module). Each library is imported only when asked for: importing
+timm or torchvision costs seconds, ``efficientnet_lite_pytorch`` almost nothing.
 """
 
 from __future__ import annotations
@@ -14,33 +15,37 @@ from .catalog import Architecture
 from .errors import ArchitectureUnavailable, IntegrityError
 
 
-def _efficientnet_lite(builder: str, kwargs: dict[str, Any]):
+def _efficientnet_lite(builder: str, kwargs: dict[str, Any], pretrained: bool):
     from efficientnet_lite_pytorch import EfficientNet
 
+    if pretrained:
+        raise ArchitectureUnavailable("efficientnet_lite_pytorch ships no weights; publish the bundled models")
     return EfficientNet.from_name(builder, **kwargs)
 
 
-def _torchvision(builder: str, kwargs: dict[str, Any]):
+def _torchvision(builder: str, kwargs: dict[str, Any], pretrained: bool):
     from torchvision import models
 
-    return models.get_model(builder, weights=None, **kwargs)
+    return models.get_model(builder, weights=models.get_model_weights(builder).DEFAULT if pretrained else None,
+                            **kwargs)
 
 
-def _timm(builder: str, kwargs: dict[str, Any]):
+def _timm(builder: str, kwargs: dict[str, Any], pretrained: bool):
     import timm
 
-    return timm.create_model(builder, pretrained=False, **kwargs)
+    return timm.create_model(builder, pretrained=pretrained, **kwargs)
 
 
-LIBRARIES: dict[str, Callable[[str, dict[str, Any]], Any]] = {
+LIBRARIES: dict[str, Callable[[str, dict[str, Any], bool], Any]] = {
     "efficientnet_lite_pytorch": _efficientnet_lite,
     "torchvision": _torchvision,
     "timm": _timm,
 }
 
 
-def construct(architecture: Architecture, *, on_meta_device: bool = False):
-    """Instantiate the untrained network; on the meta device no memory is allocated or initialised."""
+def construct(architecture: Architecture, *, on_meta_device: bool = False, pretrained: bool = False):
+    """Instantiate the network, untrained unless ``pretrained`` (the library's own weights, downloaded);
+    on the meta device no memory is allocated or initialised."""
     import torch
 
     build = LIBRARIES.get(architecture.library)
@@ -54,8 +59,8 @@ def construct(architecture: Architecture, *, on_meta_device: bool = False):
     try:
         if on_meta_device:
             with torch.device("meta"):
-                return build(architecture.builder, dict(architecture.kwargs))
-        return build(architecture.builder, dict(architecture.kwargs))
+                return build(architecture.builder, dict(architecture.kwargs), False)
+        return build(architecture.builder, dict(architecture.kwargs), pretrained)
     except ImportError as error:
         raise ArchitectureUnavailable(f"{architecture.library} is not installed here: {error}") from None
     except (ValueError, KeyError, TypeError, RuntimeError) as error:

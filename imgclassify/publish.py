@@ -33,6 +33,7 @@ from .catalog import (
     CATALOG_OBJECT,
     INTERPOLATIONS,
     OUTPUTS,
+    SCHEMA_VERSION,
     Architecture,
     ArtifactRef,
     Catalog,
@@ -110,6 +111,7 @@ def publish(store: ObjectStore, manifest: Manifest, files: dict[str, bytes], *,
         artifacts=artifacts,
         published_at=manifest.published_at or datetime.now(UTC).isoformat(timespec="seconds"),
         publish_id=uuid.uuid4().hex,
+        schema_version=SCHEMA_VERSION,  # what to_bytes() writes, even for a manifest read from schema 1
     )
     for kind, ref in artifacts.items():
         with _progress_bar(ref.bytes, f"{name}@{version} {ARTIFACT_FILENAMES[kind]}") as bar:
@@ -278,24 +280,23 @@ def describe_files(manifest: Manifest) -> str:
 def framework_model(library: str, builder: str, *, pretrained: bool,
                     num_classes: int | None) -> tuple[Any, Preprocessing, tuple[str, ...] | None, dict]:
     """Build a torchvision or timm model; return it with its preprocessing, labels (if known) and metadata."""
-    kwargs = {"num_classes": num_classes} if num_classes else {}
+    from .architectures import construct
+
+    module = construct(Architecture(library, builder, {"num_classes": num_classes} if num_classes else {}),
+                       pretrained=pretrained)
     if library == "torchvision":
         from torchvision import models
 
         default_weights = models.get_model_weights(builder).DEFAULT
-        module = models.get_model(builder, weights=default_weights if pretrained else None, **kwargs)
         transforms = default_weights.transforms()
-        resize = transforms.resize_size[0]
-        crop = transforms.crop_size[0]
-        preprocessing = Preprocessing(resize=resize, crop_size=crop, interpolation=transforms.interpolation.value,
+        preprocessing = Preprocessing(resize=transforms.resize_size[0], crop_size=transforms.crop_size[0],
+                                      interpolation=transforms.interpolation.value,
                                       mean=tuple(transforms.mean), std=tuple(transforms.std))
         labels = tuple(default_weights.meta["categories"])
         accuracy = default_weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
     else:
-        import timm
         from timm.data import resolve_data_config
 
-        module = timm.create_model(builder, pretrained=pretrained, **kwargs)
         config = resolve_data_config({}, model=module)
         crop = int(config["input_size"][-1])
         preprocessing = Preprocessing(resize=int(crop / config.get("crop_pct", 0.875)), crop_size=crop,
