@@ -63,9 +63,11 @@ def models_bucket(emulator) -> str:
 def stack(emulator, models_bucket, tmp_path_factory):
     """Both functions under functions-framework and the local router, over the bundled models."""
     log_dir = tmp_path_factory.mktemp("stack-logs")
+    # URL input is off: fuzzed URLs must not make the stack resolve or reach any host (the
+    # fetcher has its own tests, behind a socket hook that allows 127.0.0.1 only).
     local = LocalStack(bucket=models_bucket, emulator=emulator, log_dir=log_dir,
                        extra_env={"ALLOWED_GCS_BUCKETS": "photos-allowed", "CORS_ALLOWED_ORIGINS":
-                                  "http://allowed.example"})
+                                  "http://allowed.example", "URL_FETCH_ENABLED": "false"})
     try:
         local.start_storage(log=lambda _: None)
         for function in ("classify", "list_models"):

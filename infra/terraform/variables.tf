@@ -401,3 +401,37 @@ variable "batch_memory_mb" {
   }
 }
 
+# --- Monitoring (monitoring.tf) ---------------------------------------------------------
+
+variable "alert_notification_channels" {
+  description = "Cloud Monitoring notification channels (projects/PROJECT/notificationChannels/ID) the alert policies notify. Empty: incidents show in the console only."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for channel in var.alert_notification_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", channel))])
+    error_message = "alert_notification_channels must be channel names such as projects/my-project/notificationChannels/1234567890."
+  }
+}
+
+variable "alert_5xx_ratio" {
+  description = "Alert when more than this fraction of a function's responses are 5xx over 5 minutes, for 5 minutes."
+  type        = number
+  default     = 0.02
+
+  validation {
+    condition     = var.alert_5xx_ratio > 0 && var.alert_5xx_ratio < 1
+    error_message = "alert_5xx_ratio must be a fraction between 0 and 1 (0.02 = 2 %)."
+  }
+}
+
+variable "alert_p99_latency_ms" {
+  description = "Alert when a function's p99 request latency over 5 minutes stays above this many milliseconds for 10 minutes."
+  type        = number
+  default     = 3000
+
+  validation {
+    condition     = var.alert_p99_latency_ms >= 100
+    error_message = "alert_p99_latency_ms must be at least 100."
+  }
+}

@@ -17,7 +17,8 @@ terraform {
       source  = "hashicorp/google-beta"
       version = "6.50.0"
     }
-    # time_sleep: IAM grants settle before the function builds use them (iam.tf).
+    # time_sleep: IAM grants settle before the function builds use them (iam.tf), and new
+    # log-based metrics before alert policies refer to them (monitoring.tf).
     time = {
       source  = "hashicorp/time"
       version = "0.13.1"
