@@ -12,7 +12,8 @@ from .engines import EngineOptions
 from .errors import StorageUnavailable, UnknownModel, UnknownVersion
 from .memory import release_free_memory
 from .models import LoadedModel, load_model
-from .storage import ObjectStore
+from .settings import Settings
+from .storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,17 @@ class ModelRegistry:
         self._catalog: Catalog | None = None
         self._catalog_read_at = float("-inf")
         self._catalog_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The registry the functions and the batch job build: store, cache budget, catalog TTL, engine."""
+        registry = cls(open_store(settings.model_store, **settings.gcs_options()),
+                       cache_budget_bytes=settings.cache_budget_bytes,
+                       catalog_ttl_seconds=settings.catalog_ttl_seconds,
+                       default_model=settings.default_model, engine_options=settings.engine_options())
+        # Single-flight waiters give up after this long (503 MODEL_LOADING, Retry-After).
+        registry.cache.wait_seconds = settings.model_load_wait_seconds
+        return registry
 
     def catalog(self, *, max_age_seconds: float | None = None) -> Catalog:
         """The catalog, re-read when older than the TTL; a stale copy serves if storage is down."""

@@ -15,7 +15,7 @@ from .inference import InferenceLane
 from .registry import ModelRegistry
 from .request_parsing import ClassifyRequest, ImageInput
 from .settings import Settings
-from .storage import GcsStore, ObjectStore, open_store, split_gs_uri
+from .storage import GcsStore, ObjectStore, split_gs_uri
 
 
 @dataclass
@@ -28,16 +28,7 @@ class Service:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
-        store = open_store(settings.model_store, **settings.gcs_options())
-        registry = ModelRegistry(
-            store,
-            cache_budget_bytes=settings.cache_budget_bytes,
-            catalog_ttl_seconds=settings.catalog_ttl_seconds,
-            default_model=settings.default_model,
-            engine_options=settings.engine_options(),
-        )
-        # Single-flight waiters give up after this long (503 MODEL_LOADING, Retry-After).
-        registry.cache.wait_seconds = settings.model_load_wait_seconds
+        registry = ModelRegistry.from_settings(settings)
         fetcher = None
         if settings.url_fetch_enabled:
             policy = UrlPolicy.build(settings.url_fetch_schemes, settings.url_allowed_networks,
@@ -45,7 +36,7 @@ class Service:
                                      timeout_seconds=settings.url_fetch_timeout_seconds)
             fetcher = UrlFetcher(policy)
         lane = InferenceLane(max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000)
-        return cls(settings, store, registry, fetcher, lane)
+        return cls(settings, registry.store, registry, fetcher, lane)
 
     # --- listing -----------------------------------------------------------------------
 
