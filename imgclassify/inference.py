@@ -1,7 +1,7 @@
 """One inference lane: a single thread runs every forward pass, micro-batching concurrent requests.
 
 Server threads decode and preprocess in parallel, then hand their inputs to the lane and
-wait. Running all forwards on one thread keeps PyTorch's intra-op pool from being
+wait. Running all forwards on one thread keeps the engine's intra-op pool from being
 oversubscribed by many request threads on few cores, and lets requests for the same model
 that arrive together share one batched forward. The lane waits for companions only while
 other requests for that model are still being prepared, and never longer than
@@ -15,7 +15,9 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,9 +41,18 @@ class InferenceLane:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    def preparing(self, model) -> _Preparing:
+    @contextmanager
+    def preparing(self, model) -> Iterator[None]:
         """Context for a request that is decoding images for ``model`` (so the lane may wait for it)."""
-        return _Preparing(self, model)
+        with self._lock:
+            self._preparing[model.key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._preparing[model.key] -= 1
+                if not self._preparing[model.key]:
+                    del self._preparing[model.key]
 
     def classify(self, model, inputs: list[np.ndarray], k: int) -> list[list[dict]]:
         """Top-k for ``inputs`` on ``model``, computed on the lane thread."""
@@ -103,18 +114,3 @@ class InferenceLane:
             for job in batch:
                 job.future.set_result([row[:job.k] for row in rows[start:start + len(job.inputs)]])
                 start += len(job.inputs)
-
-
-class _Preparing:
-    def __init__(self, lane: InferenceLane, model) -> None:
-        self.lane, self.key = lane, model.key
-
-    def __enter__(self) -> None:
-        with self.lane._lock:
-            self.lane._preparing[self.key] += 1
-
-    def __exit__(self, *exc) -> None:
-        with self.lane._lock:
-            self.lane._preparing[self.key] -= 1
-            if not self.lane._preparing[self.key]:
-                del self.lane._preparing[self.key]
