@@ -9,13 +9,15 @@ import pytest
 
 from imgclassify.catalog import (
     CATALOG_OBJECT,
+    SCHEMA_VERSION,
     Architecture,
+    ArtifactRef,
     Catalog,
     Manifest,
     Preprocessing,
-    WeightsRef,
     check_name,
     manifest_object,
+    onnx_object,
     parse_model_ref,
     read_catalog,
     read_manifest,
@@ -33,7 +35,8 @@ def make_manifest(name: str = "resnet", version: str = "1", *, published_at: str
         name=name,
         version=version,
         architecture=Architecture("torchvision", "resnet18", {"num_classes": 3}),
-        weights=WeightsRef(weights_object(name, version), 1234, SHA),
+        artifacts={"onnx": ArtifactRef(onnx_object(name, version), 1234, SHA),
+                   "safetensors": ArtifactRef(weights_object(name, version), 1200, "cd" * 32)},
         labels=("cat", "dog", "bird"),
         preprocessing=Preprocessing(resize=256, crop_size=224, interpolation="bicubic"),
         random_init=True,
@@ -104,6 +107,7 @@ def test_invalid_name_message_is_truncated():
 
 def test_bucket_layout_puts_each_version_in_its_own_directory():
     assert manifest_object("resnet", "2") == "models/resnet/2/manifest.json"
+    assert onnx_object("resnet", "2") == "models/resnet/2/model.onnx"
     assert weights_object("resnet", "2") == "models/resnet/2/weights.safetensors"
 
 
@@ -143,21 +147,23 @@ def test_manifest_json_states_input_size_and_number_of_classes():
 
 def test_manifest_from_json_fills_optional_fields_with_defaults():
     data = make_manifest().to_json()
-    for optional in ("random_init", "metadata", "published_at", "schema_version"):
+    for optional in ("random_init", "metadata", "published_at", "publish_id", "output"):
         del data[optional]
     del data["architecture"]["kwargs"]
     del data["preprocessing"]["interpolation"]
 
     parsed = Manifest.from_json(data)
 
-    assert (parsed.random_init, parsed.metadata, parsed.published_at) == (False, {}, "")
+    assert (parsed.random_init, parsed.metadata, parsed.published_at, parsed.publish_id) == (False, {}, "", "")
+    assert parsed.output == "logits"
     assert parsed.architecture.kwargs == {}
     assert parsed.preprocessing.interpolation == "bilinear"
 
 
 @pytest.mark.parametrize("path", [
-    ("name",), ("version",), ("labels",), ("weights",), ("weights", "object"), ("weights", "bytes"),
-    ("weights", "sha256"), ("architecture",), ("architecture", "library"), ("architecture", "builder"),
+    ("name",), ("version",), ("labels",), ("engine",), ("artifacts",), ("artifacts", "onnx", "object"),
+    ("artifacts", "onnx", "bytes"), ("artifacts", "safetensors", "sha256"), ("architecture",),
+    ("architecture", "library"), ("architecture", "builder"),
     ("preprocessing",), ("preprocessing", "resize"), ("preprocessing", "crop_size"), ("preprocessing", "mean"),
     ("preprocessing", "std"),
 ])
@@ -175,7 +181,7 @@ def test_manifest_from_json_rejects_a_missing_field(path):
 @pytest.mark.parametrize("sha256", ["", "ab" * 31, "ab" * 33, "AB" * 32, "zz" * 32, "ab" * 32 + "\n"])
 def test_manifest_from_json_rejects_a_bad_sha256(sha256):
     data = make_manifest().to_json()
-    data["weights"]["sha256"] = sha256
+    data["artifacts"]["onnx"]["sha256"] = sha256
 
     with pytest.raises(ValueError, match="sha256"):
         Manifest.from_json(data)
@@ -194,7 +200,9 @@ def test_manifest_from_json_rejects_labels_that_are_not_a_non_empty_list_of_stri
     ("name", "../etc"), ("name", "UPPER"), ("version", "a/b"), ("version", ""),
     ("architecture", {"library": "timm", "builder": "x", "kwargs": [1, 2]}),
     ("preprocessing", {"resize": 10, "crop_size": 20, "mean": [0, 0, 0], "std": [1, 1, 1]}),
-    ("weights", {"object": "x", "bytes": "many", "sha256": SHA}),
+    ("artifacts", {"onnx": {"object": "x", "bytes": "many", "sha256": SHA}}),
+    ("artifacts", {}), ("artifacts", {"pickle": {"object": "x", "bytes": 1, "sha256": SHA}}), ("artifacts", []),
+    ("output", "softmax"),
 ])
 def test_manifest_from_json_rejects_a_field_of_the_wrong_shape(field, value):
     data = make_manifest().to_json()
@@ -202,6 +210,52 @@ def test_manifest_from_json_rejects_a_field_of_the_wrong_shape(field, value):
 
     with pytest.raises(ValueError):
         Manifest.from_json(data)
+
+
+def test_a_new_manifest_is_schema_two_naming_each_artifact_and_its_engine():
+    data = make_manifest().to_json()
+
+    assert data["schema_version"] == SCHEMA_VERSION == 2
+    assert data["engine"] == "onnxruntime"
+    assert data["artifacts"] == {
+        "onnx": {"object": "models/resnet/1/model.onnx", "bytes": 1234, "sha256": SHA},
+        "safetensors": {"object": "models/resnet/1/weights.safetensors", "bytes": 1200, "sha256": "cd" * 32},
+    }
+    assert "weights" not in data
+
+
+def schema_one_json(name: str = "resnet", version: str = "1") -> dict:
+    """A manifest as publishers wrote them before ONNX: one ``weights`` object, no engine."""
+    data = make_manifest(name, version).to_json()
+    del data["artifacts"], data["engine"], data["output"]
+    data["schema_version"] = 1
+    data["weights"] = {"object": weights_object(name, version), "bytes": 1200, "sha256": "cd" * 32}
+    return data
+
+
+def test_a_schema_one_manifest_reads_as_a_torch_only_model():
+    manifest = Manifest.from_json(schema_one_json())
+
+    assert manifest.schema_version == 1
+    assert manifest.engine == "torch"
+    assert manifest.artifacts == {"safetensors": ArtifactRef(weights_object("resnet", "1"), 1200, "cd" * 32)}
+    assert manifest.served_artifact() == manifest.artifacts["safetensors"]
+    assert manifest.summary()["engine"] == "torch"
+    assert manifest.summary()["weights_bytes"] == 1200
+
+
+def test_a_manifest_without_a_schema_version_is_schema_one():
+    data = schema_one_json()
+    del data["schema_version"]
+
+    assert Manifest.from_json(data).artifacts.keys() == {"safetensors"}
+
+
+def test_the_served_artifact_is_model_onnx_where_there_is_one():
+    manifest = make_manifest()
+
+    assert manifest.served_artifact().object == onnx_object("resnet", "1")
+    assert manifest.summary()["weights_bytes"] == manifest.artifacts["onnx"].bytes
 
 
 @pytest.mark.parametrize("data", [None, [], "manifest", 42])
@@ -215,7 +269,8 @@ def test_manifest_summary_is_what_the_catalog_lists():
 
     assert summary == {
         "name": "resnet", "version": "1", "description": "a test model", "architecture": "torchvision/resnet18",
-        "input_size": [3, 224, 224], "num_classes": 3, "weights_bytes": 1234, "random_init": True,
+        "input_size": [3, 224, 224], "num_classes": 3, "engine": "onnxruntime", "weights_bytes": 1234,
+        "random_init": True,
         "top1_accuracy": 12.5, "licence": "MIT", "source": None, "published_at": "2024-01-01T00:00:00+00:00",
     }
 

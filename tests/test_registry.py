@@ -5,28 +5,23 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
-from imgclassify.catalog import Architecture, Manifest, Preprocessing, WeightsRef
+from imgclassify.catalog import Architecture, ArtifactRef, Manifest, Preprocessing
 from imgclassify.errors import UnknownModel, UnknownVersion
-from imgclassify.publish import publish, serialize_weights
+from imgclassify.publish import publish
 from imgclassify.registry import ModelRegistry
 from imgclassify.storage import LocalStore
+from tests.onnx_graphs import colour_classifier, serialized
 
 
 def tiny_manifest(name: str, version: str) -> Manifest:
-    return Manifest(name=name, version=version,
-                    architecture=Architecture("torchvision", "mobilenet_v3_small", {"num_classes": 3}),
-                    weights=WeightsRef("", 0, "0" * 64), labels=("a", "b", "c"),
+    return Manifest(name=name, version=version, architecture=Architecture("onnx", "tests"),
+                    artifacts={"onnx": ArtifactRef("", 0, "0" * 64)}, labels=("a", "b", "c"),
                     preprocessing=Preprocessing(resize=40, crop_size=32), random_init=True)
 
 
 def publish_tiny(store, name: str, version: str, seed: int = 0) -> None:
-    from torchvision.models import mobilenet_v3_small
-
-    torch.manual_seed(seed)
-    weights = serialize_weights(mobilenet_v3_small(num_classes=3).state_dict())
-    publish(store, tiny_manifest(name, version), weights)
+    publish(store, tiny_manifest(name, version), {"onnx": serialized(colour_classifier(3, seed=seed))})
 
 
 @pytest.fixture
@@ -94,4 +89,18 @@ def test_get_loads_once_and_reports_cold_then_warm(store):
     assert (first_cold, second_cold) == (True, False)
     assert first is second
     assert first.manifest.random_init is True
-    assert set(first.load_ms) == {"download", "verify", "parse", "build", "warmup"}
+    assert set(first.load_ms) == {"download", "verify", "check"}
+
+
+def test_a_loaded_model_is_built_on_first_use_and_once(store):
+    publish_tiny(store, "tiny", "1")
+    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
+    model, _ = registry.get("tiny")
+    assert not model.built
+
+    network = model.network()
+
+    assert model.built
+    assert model.network() is network
+    assert set(model.load_ms) == {"download", "verify", "check", "build", "warmup"}
+    assert model.engine.name == "onnxruntime"

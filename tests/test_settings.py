@@ -1,5 +1,8 @@
+import os
+
 import pytest
 
+from imgclassify.engines import EngineOptions
 from imgclassify.settings import ConfigError, Settings
 
 
@@ -11,6 +14,7 @@ def test_defaults_apply_when_the_environment_is_empty():
     assert settings.cors_allowed_origins == ("*",)
     assert settings.allowed_gcs_buckets == ()
     assert settings.preload_default_model is True
+    assert settings.engine_options() == EngineOptions("onnxruntime", 0)
 
 
 def test_every_variable_is_read_and_converted():
@@ -18,7 +22,8 @@ def test_every_variable_is_read_and_converted():
         "MODEL_STORE": "gs://weights/prefix", "DEFAULT_MODEL": "efficientnet_lite1", "CACHE_BUDGET_MB": "512",
         "CATALOG_TTL_SECONDS": "2.5", "PRELOAD_DEFAULT_MODEL": "false", "MAX_REQUEST_MB": "5",
         "MAX_IMAGE_PIXELS": "1000", "MAX_IMAGES_PER_REQUEST": "4", "ALLOWED_GCS_BUCKETS": "a, b,,",
-        "CORS_ALLOWED_ORIGINS": "https://x.example", "TORCH_THREADS": "2", "DOWNLOAD_SLICE_MB": "16",
+        "CORS_ALLOWED_ORIGINS": "https://x.example", "ENGINE": "Torch", "ENGINE_THREADS": "2",
+        "DOWNLOAD_SLICE_MB": "16",
     })
 
     assert settings.model_store == "gs://weights/prefix"
@@ -31,14 +36,20 @@ def test_every_variable_is_read_and_converted():
     assert settings.max_images_per_request == 4
     assert settings.allowed_gcs_buckets == ("a", "b")
     assert settings.cors_allowed_origins == ("https://x.example",)
-    assert settings.torch_threads == 2
+    assert settings.engine_options() == EngineOptions("torch", 2)
     assert settings.download_slice_bytes == 16 * 2**20
 
 
 @pytest.mark.parametrize("name, value", [
     ("CACHE_BUDGET_MB", "lots"), ("CACHE_BUDGET_MB", "0"), ("MAX_IMAGES_PER_REQUEST", "-1"),
     ("CATALOG_TTL_SECONDS", "soon"), ("PRELOAD_DEFAULT_MODEL", "maybe"), ("MODEL_STORE", "gs://"),
+    ("ENGINE", "tensorflow"), ("ENGINE_THREADS", "-1"), ("ENGINE_THREADS", "two"),
 ])
 def test_bad_values_stop_the_start_with_a_message_naming_the_variable(name, value):
     with pytest.raises(ConfigError, match=name.split("_")[0]):
         Settings.from_env({name: value})
+
+
+def test_zero_engine_threads_means_one_per_cpu_this_process_may_use():
+    assert Settings.from_env({}).engine_options().intra_op_threads() == len(os.sched_getaffinity(0))
+    assert Settings.from_env({"ENGINE_THREADS": "3"}).engine_options().intra_op_threads() == 3
