@@ -90,6 +90,12 @@ def _progress_bar(total: int, description: str):
                 disable=not sys.stderr.isatty(), leave=False)
 
 
+def refuse_existing(store: ObjectStore, name: str, version: str) -> None:
+    """Raise VersionExists if ``name@version`` is published: versions are immutable."""
+    if store.info(manifest_object(name, version)) is not None:
+        raise VersionExists(f"{name}@{version} is already published; versions are immutable")
+
+
 def publish(store: ObjectStore, manifest: Manifest, files: dict[str, bytes], *,
             make_default: bool = False) -> Manifest:
     """Write ``files`` (artifact kind -> bytes), then ``manifest`` (their refs filled in), then the catalog.
@@ -102,8 +108,7 @@ def publish(store: ObjectStore, manifest: Manifest, files: dict[str, bytes], *,
     unknown = sorted(set(files) - set(ARTIFACT_FILENAMES))
     if not files or unknown:
         raise InvalidRequest(f"a version holds some of {', '.join(ARTIFACT_FILENAMES)}; found {sorted(files)}")
-    if store.info(manifest_object(name, version)) is not None:
-        raise VersionExists(f"{name}@{version} is already published; versions are immutable")
+    refuse_existing(store, name, version)
     artifacts = {kind: ArtifactRef(artifact_object(name, version, kind), len(data), hashlib.sha256(data).hexdigest())
                  for kind, data in sorted(files.items())}
     manifest = replace(
@@ -141,6 +146,7 @@ def publish_torch_module(store: ObjectStore, manifest: Manifest, module, *, make
     ``torch_only`` publishes the safetensors weights alone, served by the torch engine: for a
     model whose export fails or does not match (the error says by how much).
     """
+    refuse_existing(store, manifest.name, manifest.version)  # before an export that takes seconds
     manifest, files = torch_files(manifest, module, torch_only=torch_only)
     return publish(store, manifest, files, make_default=make_default)
 

@@ -14,11 +14,12 @@ from safetensors.torch import load as load_safetensors
 from imgclassify.catalog import (
     CATALOG_OBJECT,
     Architecture,
+    ArtifactRef,
     Catalog,
     Manifest,
     Preprocessing,
-    WeightsRef,
     manifest_object,
+    onnx_object,
     read_catalog,
     read_manifest,
     weights_object,
@@ -45,12 +46,16 @@ def tiny_weights(seed: int = 0) -> bytes:
     return serialize_weights(tiny_state_dict(seed))
 
 
+def tiny_files(seed: int = 0) -> dict[str, bytes]:
+    return {"safetensors": tiny_weights(seed)}
+
+
 def tiny_manifest(name: str = "tiny", version: str = "1") -> Manifest:
     return Manifest(
         name=name,
         version=version,
         architecture=Architecture("torch", "linear", {"in_features": 4, "out_features": 3}),
-        weights=WeightsRef("", 0, "0" * 64),
+        artifacts={"safetensors": ArtifactRef("", 0, "0" * 64)},  # publish() fills in the real ones
         labels=("cat", "dog", "bird"),
         preprocessing=Preprocessing(resize=8, crop_size=8),
         random_init=True,
@@ -83,7 +88,7 @@ def store(tmp_path) -> LocalStore:
 def test_publish_writes_weights_manifest_and_catalog_entry(store):
     weights = tiny_weights()
 
-    published = publish(store, tiny_manifest(), weights)
+    published = publish(store, tiny_manifest(), {"safetensors": weights})
 
     assert store.list("") == [CATALOG_OBJECT, manifest_object("tiny", "1"), weights_object("tiny", "1")]
     assert store.read(weights_object("tiny", "1")).data == weights
@@ -97,20 +102,21 @@ def test_publish_writes_weights_manifest_and_catalog_entry(store):
 def test_published_manifest_records_size_and_sha256_of_the_stored_weights(store):
     weights = tiny_weights()
 
-    publish(store, tiny_manifest(), weights)
+    publish(store, tiny_manifest(), {"safetensors": weights})
 
     manifest = read_manifest(store, "tiny", "1")
-    stored = store.read(manifest.weights.object).data
-    assert manifest.weights.object == weights_object("tiny", "1")
-    assert manifest.weights.bytes == len(stored) == len(weights)
-    assert manifest.weights.sha256 == hashlib.sha256(stored).hexdigest()
+    ref = manifest.artifacts["safetensors"]
+    stored = store.read(ref.object).data
+    assert ref.object == weights_object("tiny", "1")
+    assert ref.bytes == len(stored) == len(weights)
+    assert ref.sha256 == hashlib.sha256(stored).hexdigest()
     assert manifest.published_at  # filled in when not given
 
 
 def test_published_weights_are_plain_safetensors_without_pickle(store):
     state = tiny_state_dict()
 
-    publish(store, tiny_manifest(), serialize_weights(state))
+    publish(store, tiny_manifest(), {"safetensors": serialize_weights(state)})
 
     data = store.read(weights_object("tiny", "1")).data
     assert set(assert_plain_safetensors(data)) - {"__metadata__"} == {"weight", "bias"}
@@ -129,7 +135,7 @@ def test_serialize_weights_accepts_tensors_sharing_storage():
 
 
 def test_publish_records_random_init_in_manifest_and_catalog(store):
-    publish(store, tiny_manifest(), tiny_weights())
+    publish(store, tiny_manifest(), tiny_files())
 
     catalog, _ = read_catalog(store)
     assert read_manifest(store, "tiny", "1").random_init is True
@@ -137,11 +143,11 @@ def test_publish_records_random_init_in_manifest_and_catalog(store):
 
 
 def test_publishing_the_same_version_twice_is_refused_and_changes_nothing(store):
-    publish(store, tiny_manifest(), tiny_weights(seed=1))
+    publish(store, tiny_manifest(), tiny_files(seed=1))
     before = snapshot(store)
 
     with pytest.raises(PublishError) as caught:
-        publish(store, tiny_manifest(), tiny_weights(seed=2))
+        publish(store, tiny_manifest(), tiny_files(seed=2))
 
     assert caught.value.code == "VERSION_EXISTS"
     assert caught.value.status == 409
@@ -150,26 +156,26 @@ def test_publishing_the_same_version_twice_is_refused_and_changes_nothing(store)
 
 def test_publish_with_an_invalid_name_writes_nothing(store):
     with pytest.raises(InvalidRequest):
-        publish(store, tiny_manifest(name="../escape"), tiny_weights())
+        publish(store, tiny_manifest(name="../escape"), tiny_files())
 
     assert store.list("") == []
 
 
 def test_next_version_is_one_for_a_new_model_and_counts_up_numerically(store):
     assert next_version(store, "tiny") == "1"
-    publish(store, tiny_manifest(version="1"), tiny_weights())
+    publish(store, tiny_manifest(version="1"), tiny_files())
     assert next_version(store, "tiny") == "2"
-    publish(store, tiny_manifest(version="9"), tiny_weights())
-    publish(store, tiny_manifest(version="beta"), tiny_weights())
+    publish(store, tiny_manifest(version="9"), tiny_files())
+    publish(store, tiny_manifest(version="beta"), tiny_files())
 
     assert next_version(store, "tiny") == "10"
     assert next_version(store, "other") == "1"
 
 
 def test_make_default_marks_the_model_as_the_catalog_default(store):
-    publish(store, tiny_manifest(name="first"), tiny_weights())
+    publish(store, tiny_manifest(name="first"), tiny_files())
 
-    publish(store, tiny_manifest(name="second"), tiny_weights(), make_default=True)
+    publish(store, tiny_manifest(name="second"), tiny_files(), make_default=True)
 
     assert read_catalog(store)[0].default_model == "second"
 
@@ -178,10 +184,10 @@ def test_half_finished_publish_is_completed_by_publishing_the_same_weights_again
     weights = tiny_weights()
     store.write(weights_object("tiny", "1"), weights)  # a publish that died after the weights
 
-    published = publish(store, tiny_manifest(), weights)
+    published = publish(store, tiny_manifest(), {"safetensors": weights})
 
     assert read_manifest(store, "tiny", "1") == published
-    assert published.weights.sha256 == hashlib.sha256(weights).hexdigest()
+    assert published.artifacts["safetensors"].sha256 == hashlib.sha256(weights).hexdigest()
     assert read_catalog(store)[0].resolve("tiny", None) == "1"
 
 
@@ -191,7 +197,7 @@ def test_half_finished_publish_with_different_weights_is_refused_and_left_alone(
     before = snapshot(store)
 
     with pytest.raises(PublishError) as caught:
-        publish(store, tiny_manifest(), tiny_weights(seed=2))
+        publish(store, tiny_manifest(), tiny_files(seed=2))
 
     assert caught.value.code == "VERSION_EXISTS"
     assert snapshot(store) == before
@@ -201,7 +207,7 @@ def test_half_finished_publish_with_different_weights_is_refused_and_left_alone(
 # --- catalog compare-and-swap --------------------------------------------------------------
 
 def test_update_catalog_retries_when_another_writer_changed_the_catalog_meanwhile(store):
-    publish(store, tiny_manifest(name="first"), tiny_weights())
+    publish(store, tiny_manifest(name="first"), tiny_files())
     calls = []
 
     def change(catalog: Catalog) -> Catalog:
@@ -224,7 +230,7 @@ def test_concurrent_publishers_of_different_models_all_reach_the_catalog(gcs_sto
     def publisher(name: str) -> None:
         try:
             start.wait()
-            publish(gcs_store, tiny_manifest(name=name), tiny_weights())
+            publish(gcs_store, tiny_manifest(name=name), tiny_files())
         except BaseException as error:  # reported by the assertion below
             errors.append(error)
 
@@ -249,7 +255,7 @@ def test_concurrent_publishers_of_the_same_version_exactly_one_wins(store):
     def publisher() -> None:
         try:
             start.wait()
-            outcomes.append(publish(store, tiny_manifest(), weights))
+            outcomes.append(publish(store, tiny_manifest(), {"safetensors": weights}))
         except PublishError as error:
             outcomes.append(error.code)
 
@@ -270,10 +276,10 @@ def test_concurrent_publishers_of_the_same_version_exactly_one_wins(store):
 def test_publish_and_remove_on_cloud_storage(gcs_store):
     weights = tiny_weights()
 
-    published = publish(gcs_store, tiny_manifest(), weights)
+    published = publish(gcs_store, tiny_manifest(), {"safetensors": weights})
 
-    stored = gcs_store.download(published.weights.object)
-    assert hashlib.sha256(stored).hexdigest() == published.weights.sha256
+    stored = gcs_store.download(published.artifacts["safetensors"].object)
+    assert hashlib.sha256(stored).hexdigest() == published.artifacts["safetensors"].sha256
     assert_plain_safetensors(stored)
     assert read_manifest(gcs_store, "tiny", "1") == published
     assert read_catalog(gcs_store)[0].resolve("tiny", None) == "1"
@@ -287,8 +293,8 @@ def test_publish_and_remove_on_cloud_storage(gcs_store):
 # --- remove --------------------------------------------------------------------------------
 
 def test_remove_of_latest_makes_the_previous_version_latest(store):
-    publish(store, tiny_manifest(version="1"), tiny_weights(seed=1))
-    publish(store, tiny_manifest(version="2"), tiny_weights(seed=2))
+    publish(store, tiny_manifest(version="1"), tiny_files(seed=1))
+    publish(store, tiny_manifest(version="2"), tiny_files(seed=2))
 
     remove(store, "tiny", "2")
 
@@ -299,7 +305,7 @@ def test_remove_of_latest_makes_the_previous_version_latest(store):
 
 
 def test_remove_of_the_only_version_drops_the_model(store):
-    publish(store, tiny_manifest(), tiny_weights())
+    publish(store, tiny_manifest(), tiny_files())
 
     remove(store, "tiny", "1")
 
@@ -311,7 +317,7 @@ def test_remove_of_the_only_version_drops_the_model(store):
 
 @pytest.mark.parametrize("leftovers", [("weights",), ("weights", "manifest")])
 def test_remove_cleans_up_a_half_finished_publish_not_in_the_catalog(store, leftovers):
-    publish(store, tiny_manifest(name="other"), tiny_weights())
+    publish(store, tiny_manifest(name="other"), tiny_files())
     store.write(weights_object("tiny", "1"), tiny_weights())
     if "manifest" in leftovers:
         store.write(manifest_object("tiny", "1"), tiny_manifest().to_bytes())
@@ -321,12 +327,12 @@ def test_remove_cleans_up_a_half_finished_publish_not_in_the_catalog(store, left
 
     assert store.list("models/tiny/") == []
     assert store.read(CATALOG_OBJECT) == catalog_before
-    publish(store, tiny_manifest(), tiny_weights(seed=5))  # the version can now be published afresh
+    publish(store, tiny_manifest(), tiny_files(seed=5))  # the version can now be published afresh
 
 
 @pytest.mark.parametrize("name, version", [("nothing", "1"), ("tiny", "2")])
 def test_remove_of_an_unknown_version_is_an_error_and_changes_nothing(store, name, version):
-    publish(store, tiny_manifest(), tiny_weights())
+    publish(store, tiny_manifest(), tiny_files())
     before = snapshot(store)
 
     with pytest.raises(UnknownVersion) as caught:
@@ -347,7 +353,7 @@ def framework_args(**overrides) -> argparse.Namespace:
     """The Namespace that `python -m imgclassify.publish torchvision ...` builds (see _parser)."""
     fields = dict(store=None, command="torchvision", library="torchvision", builder="mobilenet_v3_small",
                   state_dict=None, pretrained=False, random_init=True, name=None, version=None, num_classes=None,
-                  labels=None, description=None, default=False, seed=0)
+                  labels=None, description=None, default=False, seed=0, torch_only=False)
     fields.update(overrides)
     return argparse.Namespace(**fields)
 
@@ -356,7 +362,8 @@ def test_publish_framework_model_records_random_init_classes_and_labels(store, t
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("".join(f"label {i}\n" for i in range(10)) + "\n", encoding="utf-8")
 
-    manifest = publish_framework_model(store, framework_args(name="mnv3", num_classes=10, labels=str(labels_file)))
+    manifest = publish_framework_model(store, framework_args(name="mnv3", num_classes=10, labels=str(labels_file),
+                                                             torch_only=True))
 
     assert (manifest.name, manifest.version) == ("mnv3", "1")
     assert manifest.random_init is True
@@ -365,29 +372,45 @@ def test_publish_framework_model_records_random_init_classes_and_labels(store, t
     assert manifest.architecture == Architecture("torchvision", "mobilenet_v3_small", {"num_classes": 10})
     assert manifest.labels == tuple(f"label {i}" for i in range(10))
     assert manifest.preprocessing.crop_size == 224
-    weights = store.read(manifest.weights.object).data
+    weights = store.read(manifest.artifacts["safetensors"].object).data
     import torchvision
 
     torchvision.models.mobilenet_v3_small(num_classes=10).load_state_dict(load_safetensors(weights), strict=True)
 
 
+def test_a_torch_only_publish_writes_the_weights_alone_for_the_torch_engine(store):
+    manifest = publish_framework_model(store, framework_args(num_classes=5, torch_only=True))
+
+    assert manifest.engine == "torch"
+    assert set(manifest.artifacts) == {"safetensors"}
+    assert "onnx_check" not in manifest.metadata
+    assert store.list("models/mobilenet_v3_small/") == [manifest_object("mobilenet_v3_small", "1"),
+                                                        weights_object("mobilenet_v3_small", "1")]
+
+
 def test_publish_framework_model_with_the_same_seed_publishes_identical_weights(store):
-    first = publish_framework_model(store, framework_args(num_classes=5, seed=3))
-    second = publish_framework_model(store, framework_args(num_classes=5, seed=3))
-    other = publish_framework_model(store, framework_args(num_classes=5, seed=4))
+    first = publish_framework_model(store, framework_args(num_classes=5, seed=3, torch_only=True))
+    second = publish_framework_model(store, framework_args(num_classes=5, seed=3, torch_only=True))
+    other = publish_framework_model(store, framework_args(num_classes=5, seed=4, torch_only=True))
 
     assert (first.version, second.version, other.version) == ("1", "2", "3")
-    assert first.weights.sha256 == second.weights.sha256 != other.weights.sha256
+    sha = [manifest.artifacts["safetensors"].sha256 for manifest in (first, second, other)]
+    assert sha[0] == sha[1] != sha[2]
     assert first.labels == tuple(f"class_{i}" for i in range(5))
 
 
-def test_cli_publishes_lists_and_removes_a_random_init_torchvision_model(tmp_path, capsys):
+def test_cli_publishes_lists_and_removes_a_random_init_torchvision_model_with_onnx(tmp_path, capsys):
     store_dir = str(tmp_path / "models")
 
     assert main(["--store", store_dir, "torchvision", "mobilenet_v3_small", "--random-init"]) == 0
     assert "published mobilenet_v3_small@1" in capsys.readouterr().out
-    weights = LocalStore(store_dir).read(weights_object("mobilenet_v3_small", "1")).data
-    assert_plain_safetensors(weights)
+    stored = LocalStore(store_dir)
+    assert stored.list("models/mobilenet_v3_small/1/") == [
+        manifest_object("mobilenet_v3_small", "1"), onnx_object("mobilenet_v3_small", "1"),
+        weights_object("mobilenet_v3_small", "1")]
+    assert_plain_safetensors(stored.read(weights_object("mobilenet_v3_small", "1")).data)
+    served = stored.read(onnx_object("mobilenet_v3_small", "1")).data
+    assert read_manifest(stored, "mobilenet_v3_small", "1").engine == "onnxruntime"
 
     assert main(["--store", store_dir, "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -395,7 +418,7 @@ def test_cli_publishes_lists_and_removes_a_random_init_torchvision_model(tmp_pat
     [row] = listed["models"]
     assert (row["name"], row["version"], row["random_init"], row["num_classes"]) == ("mobilenet_v3_small", "1",
                                                                                    True, 1000)
-    assert row["weights_bytes"] == len(weights)
+    assert (row["engine"], row["weights_bytes"]) == ("onnxruntime", len(served))
     assert row["versions"] == ["1"]
 
     assert main(["--store", store_dir, "remove", "mobilenet_v3_small@1"]) == 0
@@ -413,7 +436,7 @@ def test_cli_publishes_lists_and_removes_a_random_init_torchvision_model(tmp_pat
 ])
 def test_cli_remove_reports_errors_with_exit_status_one(tmp_path, capsys, ref, message):
     store_dir = tmp_path / "models"
-    publish(LocalStore(store_dir), tiny_manifest(), tiny_weights())
+    publish(LocalStore(store_dir), tiny_manifest(), tiny_files())
     capsys.readouterr()
 
     status = main(["--store", str(store_dir), "remove", ref])
@@ -427,7 +450,7 @@ def test_cli_remove_reports_errors_with_exit_status_one(tmp_path, capsys, ref, m
 
 def test_cli_refuses_to_publish_an_existing_version(tmp_path, capsys):
     store_dir = tmp_path / "models"
-    publish(LocalStore(store_dir), tiny_manifest(name="mobilenet_v3_small"), tiny_weights())
+    publish(LocalStore(store_dir), tiny_manifest(name="mobilenet_v3_small"), tiny_files())
     before = snapshot(LocalStore(store_dir))
 
     status = main(["--store", str(store_dir), "torchvision", "mobilenet_v3_small", "--random-init",
