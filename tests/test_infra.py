@@ -701,8 +701,9 @@ def test_cold_start_metric_counts_each_instance_start_with_its_time(log_metrics,
     import imgclassify.bootstrap
 
     starts = [entry for entry in logged_entries if log_filter_matches(log_metrics["cold_starts"]["filter"], entry)]
+    ready = [entry for entry in logged_entries if "startup_ms" in entry["jsonPayload"]]
     assert {entry["resource"]["labels"]["service_name"] for entry in starts} == {
-        "imgclassify-classify", "imgclassify-list-models"}
+        "imgclassify-classify", "imgclassify-list-models"}, ready
     for entry in starts:
         assert entry["jsonPayload"]["logger"] == imgclassify.bootstrap.log.name
         assert float(extract(log_metrics["cold_starts"]["value"], entry)) == entry["jsonPayload"]["startup_ms"][
