@@ -131,10 +131,11 @@ resource "google_project_iam_member" "builder_writes_logs" {
 
 # IAM is eventually consistent: a build that starts right after its grants may still be
 # refused. The provider's build-account example waits 60 s between the grants and the
-# function (cloudfunctions2_basic_builder); the functions depend on this wait, so it runs on
-# the first apply (and whenever a grant is recreated), not on every apply.
+# function (cloudfunctions2_basic_builder), and its gen1 twin still failed now and then until
+# the wait was doubled (GoogleCloudPlatform/magic-modules#11909). The functions depend on this
+# wait, so it runs on the first apply (and whenever a grant is recreated), not on every apply.
 resource "time_sleep" "builder_grants_settle" {
-  create_duration = "60s"
+  create_duration = "120s"
 
   triggers = {
     gcf_sources = google_project_iam_member.builder_reads_gcf_sources.id
