@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import threading
+from pathlib import Path
 
 from .processes import REPO
 from .stack import LocalStack
@@ -16,22 +17,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEV_PORT", 8080)))
     parser.add_argument("--emulator-port", type=int, default=int(os.environ.get("EMULATOR_PORT", 9023)))
     parser.add_argument("--bucket", default=os.environ.get("DEV_BUCKET", "imgclassify-models"))
+    parser.add_argument("--data-dir", type=Path, default=REPO / ".local",
+                        help="where the emulator's data (gcs/) and the logs (logs/) live (default: .local)")
+    parser.add_argument("--models", nargs="*", metavar="NAME",
+                        help="bundled models to publish when missing (default: all three)")
     args = parser.parse_args(argv)
 
-    local = REPO / ".local"
+    local = args.data_dir
     (local / "logs").mkdir(parents=True, exist_ok=True)
     stack = LocalStack(bucket=args.bucket, router_port=args.port, emulator_port=args.emulator_port,
-                       data_dir=local / "gcs", log_dir=local / "logs")
+                       data_dir=local / "gcs", log_dir=local / "logs", bundled_models=args.models or None)
     # SIGTERM (kill, systemd) and SIGHUP (the terminal closed) stop as gracefully as Ctrl-C,
     # even during start-up; SIGKILL cannot be caught: then the servers' parent-death signal
     # ends them (processes.spawn).
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.default_int_handler)
     try:
-        print(f"storage emulator on 127.0.0.1:{args.emulator_port} (data in .local/gcs)", flush=True)
+        print(f"storage emulator on 127.0.0.1:{args.emulator_port} (data in {local / 'gcs'})", flush=True)
         stack.start_storage()
         for function in ("classify", "list_models"):
-            print(f"starting {function} (logs in .local/logs/{function}.log)", flush=True)
+            print(f"starting {function} (logs in {local / 'logs' / function}.log)", flush=True)
             stack.start_function(function)
         stack.start_router()
         print(f"""
