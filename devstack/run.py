@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from .processes import REPO
-from .stack import LocalStack
+from .stack import FUNCTIONS, LocalStack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"storage emulator on 127.0.0.1:{args.emulator_port} (data in {local / 'gcs'})", flush=True)
         stack.start_storage()
-        for function in ("classify", "list_models"):
+        for function in FUNCTIONS:
             print(f"starting {function} (logs in {local / 'logs' / function}.log)", flush=True)
             stack.start_function(function)
         stack.start_router()

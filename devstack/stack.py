@@ -12,11 +12,11 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
+from imgclassify.routes import FUNCTIONS
+
 from .emulator import StorageEmulator
 from .processes import REPO, free_port, spawn, stop, wait_until_answers
 from .router import FramingHandler, Router
-
-FUNCTIONS = ("classify", "list_models")
 
 
 def function_command(function: str, port: int, source_dir: Path | None = None) -> list[str]:

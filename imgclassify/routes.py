@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# The Cloud Functions, one folder functions/<name>/ each; every other list of them derives from this.
+FUNCTIONS = ("classify", "list_models")
+
 
 @dataclass(frozen=True)
 class Route:
-    function: str          # "classify" or "list_models"
+    function: str          # one of FUNCTIONS
     method: str
     template: str          # as in the gateway spec, e.g. /v1/models/{name}:classify
     operation: str

@@ -30,7 +30,9 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-FUNCTIONS = ("classify", "list_models")
+sys.path.insert(0, str(REPO))
+from imgclassify.routes import FUNCTIONS  # noqa: E402 - the one list of functions (standard library only)
+
 PACKAGE = "imgclassify"
 PINS_FILE = REPO / "functions" / "requirements.txt"
 DEFAULT_OUT = REPO / "build" / "functions"

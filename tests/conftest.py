@@ -14,6 +14,7 @@ import pytest
 from devstack.emulator import StorageEmulator
 from devstack.stack import LocalStack
 from imgclassify.publish import publish_bundled
+from imgclassify.routes import FUNCTIONS
 from imgclassify.storage import GcsStore
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -70,7 +71,7 @@ def stack(emulator, models_bucket, tmp_path_factory):
                                   "http://allowed.example", "URL_FETCH_ENABLED": "false"})
     try:
         local.start_storage(log=lambda _: None)
-        for function in ("classify", "list_models"):
+        for function in FUNCTIONS:
             local.start_function(function)
         local.start_router()
         yield local
