@@ -161,11 +161,16 @@ class VersionExists(PublishError):
     meaning = "versions are immutable"
 
 
-class GenerationMismatch(PublishError):
-    """A write's precondition failed: somebody else wrote the object first."""
+class GenerationMismatch(ServiceError):
+    """A storage write's generation precondition failed: somebody else wrote the object first.
 
+    Raised by the storage layer; the publisher and the batch job each decide what it means.
+    """
+
+    status = 412
     code = "GENERATION_MISMATCH"
-    meaning = "somebody else wrote the object first"
+    in_api = False
+    meaning = "storage: somebody else wrote the object first"
 
 
 class InvalidWeights(PublishError):

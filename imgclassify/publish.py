@@ -51,7 +51,6 @@ from .errors import (
     GenerationMismatch,
     InvalidRequest,
     InvalidWeights,
-    ObjectNotFound,
     PublishError,
     ServiceError,
     UnknownModel,
@@ -486,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise InvalidRequest("remove needs NAME@VERSION")
             remove(store, name, version)
             print(f"removed {name}@{version}")
-    except (ServiceError, ObjectNotFound) as error:
+    except ServiceError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1
     return 0
