@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
+import struct
 import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -26,8 +26,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageTooLarge, PixelBudgetExceeded, UndecodableImage, UnsupportedImageFormat
-
-log = logging.getLogger(__name__)
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -90,7 +88,9 @@ def _has_allowed_signature(data: bytes) -> bool:
 
 def _open(data: bytes) -> Image.Image:
     try:
-        return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Truncated File Read" in an EXIF block
+            return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         pass
     except Exception as error:  # noqa: BLE001 - Pillow's parsers raise many types for hostile headers
@@ -106,6 +106,30 @@ def _open(data: bytes) -> Image.Image:
     raise UnsupportedImageFormat(f"{found} not supported; send JPEG, PNG, WebP, GIF, BMP or TIFF")
 
 
+def _raw_orientation(block: object) -> int | None:
+    """The orientation straight from IFD0 of a raw EXIF block, or None.
+
+    For blocks Pillow gives up on: one entry pointing past the end of the block makes it drop
+    the whole directory, orientation included.
+    """
+    if not isinstance(block, bytes):
+        return None
+    block = block.removeprefix(b"Exif\x00\x00")
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(block[:4])
+    if order is None:
+        return None
+    try:
+        (directory,) = struct.unpack_from(order + "I", block, 4)
+        (entries,) = struct.unpack_from(order + "H", block, directory)
+        for index in range(min(entries, 1000)):
+            tag, kind, count = struct.unpack_from(order + "HHI", block, directory + 2 + 12 * index)
+            if tag == EXIF_ORIENTATION and kind == 3 and count >= 1:  # one SHORT, stored inline
+                return struct.unpack_from(order + "H", block, directory + 2 + 12 * index + 8)[0]
+    except struct.error:
+        return None
+    return None
+
+
 def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation when it can be read; ignore every other tag.
 
@@ -118,7 +142,9 @@ def _upright(image: Image.Image) -> Image.Image:
             warnings.simplefilter("ignore")  # "Corrupt EXIF data" notices
             orientation = image.getexif().get(EXIF_ORIENTATION)
     except Exception:  # noqa: BLE001 - a malformed EXIF block must not cost the picture
-        return image
+        orientation = None
+    if orientation is None:
+        orientation = _raw_orientation(image.info.get("exif"))
     method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
     return image.transpose(method) if method is not None else image
 

@@ -16,7 +16,9 @@ from imgclassify.errors import PayloadTooLarge, ServiceError, UndecodableImage, 
 from imgclassify.images import decode_image, pixel_budget
 from tests.bad_inputs import (
     MISTYPED_EXIF_TAGS,
+    ORIENTATION_6,
     animated_webp,
+    exif_block,
     png_bomb,
     rotated_cat_with_mistyped_exif,
     sixteen_bit_png,
@@ -585,3 +587,16 @@ def test_a_maximum_size_16_bit_png_converts_with_integer_rounding():
     row = pixels(image)[0, :, 0]
     assert row[0] == 0 and row[-1] == 255
     assert np.all(np.diff(row) >= 0)
+
+
+def test_the_orientation_is_applied_even_when_another_entry_makes_pillow_drop_the_whole_exif_block():
+    # Make typed SHORT x3 (6 bytes) but stored inline: its "offset" points past the block, and
+    # Pillow then drops every tag of the directory, orientation included.
+    block = exif_block(ORIENTATION_6, (0x010F, 3, 3, b"!"))
+    data = encode(quadrants(), "JPEG", quality=95, exif=block)
+    assert Image.open(io.BytesIO(data)).getexif().get(EXIF_ORIENTATION) is None
+
+    image = decode(data)
+
+    assert image.size == (48, 64)
+    assert np.abs(pixels(image)[4, -4] - np.array(RED)).max() < 12  # red came from the top left
