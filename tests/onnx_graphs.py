@@ -38,3 +38,27 @@ def colour_classifier(classes: int = 3, *, batch: int | str = "N", size: int | s
 
 def serialized(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString()
+
+
+def with_external_data(model: onnx.ModelProto, location: str = "/etc/passwd") -> onnx.ModelProto:
+    """``model`` whose weight tensor says its bytes live in the file ``location``."""
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    weight = next(tensor for tensor in bad.graph.initializer if tensor.name == "weight")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "36")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    return bad
+
+
+def with_foreign_node(model: onnx.ModelProto, domain: str = "com.microsoft",
+                      op_type: str = "FusedGemm") -> onnx.ModelProto:
+    """``model`` with one more operator, from ``domain``, on its output path."""
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    bad.graph.node[-1].output[0] = "pre_logits"
+    bad.graph.node.append(helper.make_node(op_type, ["pre_logits"], ["logits"], domain=domain))
+    bad.opset_import.append(helper.make_opsetid(domain, 1))
+    return bad
