@@ -1,5 +1,6 @@
-"""The served model is the original model: same logits on real photos, to the last bit where
-the architecture is the same code, and to float tolerance through timm's independent port."""
+"""The served model is the original model: on real photos, ONNX Runtime's logits equal the original
+architecture's (and timm's independent port's) to 1e-4 with the same top-5, and the torch engine's
+equal the original's to the last bit (it runs the same code on the same weights)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import requests
 import torch
 from PIL import Image
 
+from imgclassify.engines import EngineOptions
+from imgclassify.onnx_export import LOGIT_TOLERANCE
 from imgclassify.publish import bundled_state_dict_path
 from imgclassify.registry import ModelRegistry
 from imgclassify.storage import GcsStore
@@ -16,6 +19,8 @@ from tests.photos import encode, real_photo
 
 PHOTOS = ("chelsea", "coffee", "astronaut")
 CROPS = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+# Scores are rounded to 6 places; ONNX Runtime's logits are within LOGIT_TOLERANCE of torch's.
+SCORE_TOLERANCE = 1e-4
 
 
 def reference_input(photo: np.ndarray, crop: int) -> torch.Tensor:
@@ -55,46 +60,83 @@ def timm_model(name: str) -> torch.nn.Module:
     return model
 
 
+def original_logits(model: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return model(batch).numpy()
+
+
+def assert_same_top5(got: np.ndarray, expected: np.ndarray) -> None:
+    for row_got, row_expected in zip(got, expected, strict=True):
+        assert np.argsort(-row_got, kind="stable")[:5].tolist() == np.argsort(-row_expected, kind="stable")[:5].tolist()
+
+
+def registry_for(bucket: str, engine: str) -> ModelRegistry:
+    return ModelRegistry(GcsStore(bucket), cache_budget_bytes=2**30, catalog_ttl_seconds=60,
+                         engine_options=EngineOptions(engine))
+
+
 @pytest.fixture(scope="module")
-def registry(models_bucket):
-    return ModelRegistry(GcsStore(models_bucket), cache_budget_bytes=2**30, catalog_ttl_seconds=60)
+def onnx_registry(models_bucket):
+    return registry_for(models_bucket, "onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def torch_registry(models_bucket):
+    return registry_for(models_bucket, "torch")
+
+
+def reference_batch(crop: int) -> torch.Tensor:
+    return torch.stack([reference_input(real_photo(photo), crop) for photo in PHOTOS])
 
 
 @pytest.mark.parametrize("name", sorted(CROPS))
-def test_served_logits_equal_the_original_architecture_bit_for_bit(registry, name):
-    served, _ = registry.get(name)
-    batch = torch.stack([reference_input(real_photo(photo), CROPS[name]) for photo in PHOTOS])
+def test_onnx_runtime_serves_the_original_architectures_logits_to_1e_4_with_the_same_top5(onnx_registry, name):
+    served, _ = onnx_registry.get(name)
+    batch = reference_batch(CROPS[name])
 
-    with torch.inference_mode():
-        expected = original_model(name)(batch)
-    got = served.logits(list(batch.numpy()))
+    expected = original_logits(original_model(name), batch)
+    got = served.outputs(list(batch.numpy()))
 
-    assert torch.equal(got, expected)
+    assert served.engine.name == "onnxruntime"
+    assert np.abs(got - expected).max() <= LOGIT_TOLERANCE
+    assert_same_top5(got, expected)
 
 
 @pytest.mark.parametrize("name", sorted(CROPS))
-def test_served_preprocessing_is_the_reference_pipeline_to_float_rounding(registry, name):
-    served, _ = registry.get(name)
-    batch = torch.stack([reference_input(real_photo(photo), CROPS[name]) for photo in PHOTOS])
+def test_the_torch_engine_serves_the_original_architectures_logits_bit_for_bit(torch_registry, name):
+    served, _ = torch_registry.get(name)
+    batch = reference_batch(CROPS[name])
 
-    served_inputs = np.stack([served.preprocess(Image.fromarray(real_photo(photo))) for photo in PHOTOS])
+    expected = original_logits(original_model(name), batch)
+    got = served.outputs(list(batch.numpy()))
 
-    assert np.allclose(served_inputs, batch.numpy(), atol=1e-6)
-
-
-def test_served_logits_match_timms_independent_port(registry):
-    served, _ = registry.get("efficientnet_lite0")
-    batch = torch.stack([reference_input(real_photo(photo), 224) for photo in PHOTOS])
-
-    with torch.inference_mode():
-        expected = timm_model("efficientnet_lite0")(batch)
-    got = served.logits(list(batch.numpy()))
-
-    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
-    assert torch.equal(got.topk(5).indices, expected.topk(5).indices)
+    assert served.engine.name == "torch"
+    assert np.array_equal(got, expected)
 
 
-def test_scores_over_http_are_the_original_models_softmax(stack):
+@pytest.mark.parametrize("name", sorted(CROPS))
+def test_served_preprocessing_of_an_encoded_photo_is_the_reference_pipeline_to_float_rounding(onnx_registry, name):
+    served, _ = onnx_registry.get(name)
+    batch = reference_batch(CROPS[name])
+
+    served_inputs = np.stack([served.prepare(encode(real_photo(photo), "PNG"), max_pixels=10**8)
+                              for photo in PHOTOS])
+
+    assert np.abs(served_inputs - batch.numpy()).max() <= 1e-6
+
+
+def test_onnx_runtime_serves_timms_independent_port_to_1e_4_with_the_same_top5(onnx_registry):
+    served, _ = onnx_registry.get("efficientnet_lite0")
+    batch = reference_batch(224)
+
+    expected = original_logits(timm_model("efficientnet_lite0"), batch)
+    got = served.outputs(list(batch.numpy()))
+
+    assert np.abs(got - expected).max() <= LOGIT_TOLERANCE
+    assert_same_top5(got, expected)
+
+
+def test_scores_over_http_are_the_original_models_softmax_to_1e_4(stack):
     photo = real_photo("coffee")
     with torch.inference_mode():
         probabilities = original_model("efficientnet_lite0")(reference_input(photo, 224)[None]).softmax(1)[0]
@@ -105,4 +147,4 @@ def test_scores_over_http_are_the_original_models_softmax(stack):
     predictions = response.json()["results"][0]["predictions"]
 
     assert [p["index"] for p in predictions] == expected_indices.tolist()
-    assert np.allclose([p["score"] for p in predictions], expected_scores.numpy(), atol=2e-6)
+    assert np.abs(np.array([p["score"] for p in predictions]) - expected_scores.numpy()).max() <= SCORE_TOLERANCE
