@@ -14,15 +14,22 @@ import re
 import subprocess
 import sys
 import textwrap
+import uuid
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 from devstack.processes import REPO, free_port, spawn, stop, wait_until_answers
+from imgclassify.engines import EngineOptions
+from imgclassify.publish import main as publish_main
+from imgclassify.publish import publish_bundled
+from imgclassify.registry import ModelRegistry
+from imgclassify.storage import GcsStore
 from tests.photos import CAT_INDICES, cat_jpeg
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -147,16 +154,21 @@ def test_bundle_holds_the_entry_point_the_package_and_pinned_requirements(bundle
             assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
 
 
-def test_classify_pins_cpu_only_torch_and_list_models_needs_no_torch(bundles):
+TORCH_STACK = ("torch", "torchvision", "timm", "safetensors", "efficientnet_lite_pytorch")
+
+
+def test_classify_pins_onnx_runtime_and_neither_bundle_installs_torch(bundles):
     classify = (bundles / "classify" / "requirements.txt").read_text().splitlines()
     listing = (bundles / "list_models" / "requirements.txt").read_text().splitlines()
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in classify
-    assert any(re.fullmatch(r"torch==\d+\.\d+\.\d+\+cpu", line) for line in classify)
+    assert any(re.fullmatch(r"onnxruntime==\d+\.\d+\.\d+", line) for line in classify)
+    assert any(re.fullmatch(r"onnx==\d+\.\d+\.\d+", line) for line in classify)
     for line in classify + listing:
         if line and not line.startswith(("#", "-")):
             assert "==" in line, f"{line!r} is not pinned exactly"
-    assert not [line for line in listing if re.match(r"(torch|efficientnet|safetensors)\b", line)]
-    assert not [line for line in listing if line.startswith("--extra-index-url")]
+    installed = [Requirement(line).name for line in classify + listing if line and not line.startswith(("#", "-"))]
+    assert not set(map(build_bundles.canonical, installed)) & set(map(build_bundles.canonical, TORCH_STACK))
+    assert not [line for line in listing if re.match(r"onnx", line)]
+    assert not [line for line in classify + listing if line.startswith("--extra-index-url")]
 
 
 def test_pins_cover_every_runtime_dependency_within_its_declared_range():
@@ -179,11 +191,42 @@ def test_zip_is_reproducible_byte_for_byte(tmp_path):
     assert (first / "classify.zip").read_bytes() == (second / "classify.zip").read_bytes()
 
 
-def test_built_classify_bundle_classifies_a_cat_with_the_repository_out_of_reach(
-        bundles, emulator, models_bucket, tmp_path):
-    env = {"STORAGE_EMULATOR_HOST": emulator.url, "MODEL_STORE": f"gs://{models_bucket}",
+@pytest.fixture(scope="module")
+def readme_bucket(emulator, new_bucket_module) -> str:
+    """A bucket as the README's commands leave it: the bundled Lite0, and an untrained torchvision
+    model published with `python -m imgclassify.publish torchvision mobilenet_v3_small --random-init
+    --name smoke`."""
+    bucket = new_bucket_module("readme")
+    publish_bundled(GcsStore(bucket), ["efficientnet_lite0"], log=lambda _: None)
+    assert publish_main(["--store", f"gs://{bucket}", "torchvision", "mobilenet_v3_small", "--random-init",
+                         "--name", "smoke"]) == 0
+    return bucket
+
+
+@pytest.fixture(scope="module")
+def new_bucket_module(emulator):
+    def make(prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        emulator.create_bucket(name)
+        return name
+
+    return make
+
+
+def torch_probabilities(bucket: str, name: str, photo: bytes) -> np.ndarray:
+    """What the torch engine, in this process, gives for ``photo`` on ``name``'s published weights."""
+    registry = ModelRegistry(GcsStore(bucket), cache_budget_bytes=2**30, catalog_ttl_seconds=0,
+                             engine_options=EngineOptions("torch"))
+    model, _ = registry.get(name)
+    assert model.engine.name == "torch"
+    return model.probabilities([model.prepare(photo, max_pixels=10**8)])[0]
+
+
+def test_built_classify_bundle_serves_bundled_and_torchvision_models_with_no_torch_importable(
+        bundles, emulator, readme_bucket, tmp_path):
+    env = {"STORAGE_EMULATOR_HOST": emulator.url, "MODEL_STORE": f"gs://{readme_bucket}",
            "DEFAULT_MODEL": "efficientnet_lite0", "GOOGLE_CLOUD_PROJECT": "bundle-test"}
-    url, process, record = serve_bundle(bundles / "classify", "classify", env, tmp_path)
+    url, process, record = serve_bundle(bundles / "classify", "classify", env, tmp_path, blocked=TORCH_STACK)
     try:
         response = requests.post(url + "/v1/models/efficientnet_lite0:classify", data=cat_jpeg(),
                                  headers={"Content-Type": "image/jpeg"}, timeout=120)
@@ -191,19 +234,33 @@ def test_built_classify_bundle_classifies_a_cat_with_the_repository_out_of_reach
         assert response.json()["results"][0]["predictions"][0]["index"] in CAT_INDICES
         direct = requests.post(url + "/", data=cat_jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=120)
         assert direct.status_code == 200, direct.text
+        smoke = requests.post(url + "/v1/models/smoke:classify", data=cat_jpeg(),
+                              headers={"Content-Type": "image/jpeg"}, timeout=120)
     finally:
         stop(process)
+    assert smoke.status_code == 200, smoke.text
+    assert smoke.json()["model"] == {"name": "smoke", "version": "1", "random_init": True}
+    predictions = smoke.json()["results"][0]["predictions"]
+    expected = torch_probabilities(readme_bucket, "smoke", cat_jpeg())
+    assert len(predictions) == 5
+    # An untrained network's scores are nearly tied: compare each score, and the top-5 up to ties.
+    assert max(abs(p["score"] - expected[p["index"]]) for p in predictions) <= 1e-4
+    assert min(p["score"] for p in predictions) >= np.sort(expected)[-5] - 1e-4
+    log = (tmp_path / "classify.log").read_text()
+    assert "is blocked in this test" not in log
     origins = set(record.read_text().split())
     bundle = str((bundles / "classify").resolve())
-    expected = {f"{bundle}/imgclassify", f"{bundle}/imgclassify/bootstrap.py", f"{bundle}/imgclassify/predict.py"}
-    assert expected <= origins
+    expected_origins = {f"{bundle}/imgclassify", f"{bundle}/imgclassify/bootstrap.py",
+                        f"{bundle}/imgclassify/engines.py", f"{bundle}/imgclassify/predict.py"}
+    assert expected_origins <= origins
     assert all(origin.startswith(bundle + "/") for origin in origins)
 
 
-def test_built_list_models_bundle_lists_models_without_torch_installed(bundles, emulator, models_bucket, tmp_path):
+def test_built_list_models_bundle_lists_models_with_neither_torch_nor_onnx_runtime_importable(
+        bundles, emulator, models_bucket, tmp_path):
     env = {"STORAGE_EMULATOR_HOST": emulator.url, "MODEL_STORE": f"gs://{models_bucket}"}
     url, process, record = serve_bundle(bundles / "list_models", "list_models", env, tmp_path,
-                                        blocked=("torch", "efficientnet_lite_pytorch", "safetensors"))
+                                        blocked=TORCH_STACK + ("onnxruntime", "onnx"))
     try:
         listing = requests.get(url + "/v1/models", timeout=60)
         assert listing.status_code == 200, listing.text
