@@ -205,10 +205,16 @@ def run(target: Target, wait_seconds: float, out=print) -> bool:
 
 
 def target_from_terraform_outputs(path: Path, model: str | None) -> Target:
-    """The deployed stack, from ``terraform output -json``: gateway URL, key, the page's origin."""
+    """The deployed stack, from ``terraform output -json``: gateway URL, key, the page's origin.
+
+    The origin is the first of the allowed CORS origins (the page's own unless the operator
+    serves it elsewhere), or the page bucket's when any origin is allowed.
+    """
     outputs = {name: item["value"] for name, item in json.loads(path.read_text()).items()}
     site = urllib.parse.urlsplit(outputs["site_url"])
-    return Target(outputs["gateway_url"].rstrip("/"), outputs["api_key"], f"{site.scheme}://{site.netloc}", model)
+    origins = [origin for origin in outputs.get("cors_allowed_origins", []) if origin != "*"]
+    origin = origins[0] if origins else f"{site.scheme}://{site.netloc}"
+    return Target(outputs["gateway_url"].rstrip("/"), outputs["api_key"], origin, model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,17 +77,35 @@ def test_smoke_check_fails_when_nothing_answers(tmp_path):
     assert "FAIL list models: GET /v1/models:" in result.stdout
 
 
-def test_smoke_check_reads_url_key_and_origin_from_terraform_outputs(tmp_path):
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps({
-        "gateway_url": {"value": "http://127.0.0.1:9", "sensitive": False},
-        "api_key": {"value": "k-123", "sensitive": True},
-        "site_url": {"value": "https://storage.googleapis.com/site-bucket/index.html", "sensitive": False},
-    }))
+def load_smoke_module():
     sys.path.insert(0, str(SMOKE.parent))
     try:
         import smoke as smoke_module
     finally:
         sys.path.remove(str(SMOKE.parent))
-    target = smoke_module.target_from_terraform_outputs(outputs, None)
-    assert (target.url, target.key, target.origin) == ("http://127.0.0.1:9", "k-123", "https://storage.googleapis.com")
+    return smoke_module
+
+
+@pytest.mark.parametrize(("cors_origins", "origin"), [
+    (["https://storage.googleapis.com"], "https://storage.googleapis.com"),
+    (["https://photos.example.com", "https://admin.example.com"], "https://photos.example.com"),
+    (["*"], "https://storage.googleapis.com"),
+])
+def test_smoke_check_reads_url_key_and_origin_from_terraform_outputs(tmp_path, cors_origins, origin):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({
+        "gateway_url": {"value": "http://127.0.0.1:9", "sensitive": False},
+        "api_key": {"value": "k-123", "sensitive": True},
+        "site_url": {"value": "https://storage.googleapis.com/site-bucket/index.html", "sensitive": False},
+        "cors_allowed_origins": {"value": cors_origins, "sensitive": False},
+    }))
+    target = load_smoke_module().target_from_terraform_outputs(outputs, None)
+    assert (target.url, target.key, target.origin) == ("http://127.0.0.1:9", "k-123", origin)
+
+
+def test_every_output_the_smoke_check_reads_is_an_output_of_the_stack():
+    import hcl2
+
+    with open(REPO / "infra" / "terraform" / "outputs.tf") as handle:
+        declared = {name.strip('"') for block in hcl2.load(handle)["output"] for name in block}
+    assert {"gateway_url", "api_key", "site_url", "cors_allowed_origins"} <= declared

@@ -16,6 +16,11 @@ output "site_url" {
   value       = local.site_url
 }
 
+output "cors_allowed_origins" {
+  description = "Origins the functions answer CORS requests from (CORS_ALLOWED_ORIGINS): the page's origin unless cors_allowed_origins says otherwise. The smoke check sends its preflight from the first."
+  value       = local.cors_origins
+}
+
 output "site_bucket" {
   description = "Bucket the web/ directory is uploaded to."
   value       = google_storage_bucket.site.name
