@@ -62,3 +62,82 @@ def with_foreign_node(model: onnx.ModelProto, domain: str = "com.microsoft",
     bad.graph.node.append(helper.make_node(op_type, ["pre_logits"], ["logits"], domain=domain))
     bad.opset_import.append(helper.make_opsetid(domain, 1))
     return bad
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def with_second_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A classifier that also wants a second tensor (a mask, say) added to its logits."""
+    bad = _copy(model)
+    classes = bad.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    bad.graph.input.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", classes]))
+    bad.graph.node[-1].output[0] = "unmasked"
+    bad.graph.node.append(helper.make_node("Add", ["unmasked", "mask"], ["logits"]))
+    return bad
+
+
+def with_input_type(model: onnx.ModelProto, elem_type: int) -> onnx.ModelProto:
+    """``model`` declaring its input as ``elem_type`` (e.g. TensorProto.INT64, uint8 pixels)."""
+    bad = _copy(model)
+    bad.graph.input[0].type.tensor_type.elem_type = elem_type
+    return bad
+
+
+def with_input_shape(model: onnx.ModelProto, shape: list) -> onnx.ModelProto:
+    bad = _copy(model)
+    bad.graph.input[0].CopyFrom(helper.make_tensor_value_info("input", TensorProto.FLOAT, shape))
+    return bad
+
+
+def with_output_shape(model: onnx.ModelProto, shape: list) -> onnx.ModelProto:
+    bad = _copy(model)
+    bad.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape))
+    return bad
+
+
+def with_padding(model: onnx.ModelProto, nbytes: int) -> onnx.ModelProto:
+    """``model`` with an unused initializer of ``nbytes`` bytes: a large file that still runs."""
+    big = _copy(model)
+    big.graph.initializer.append(numpy_helper.from_array(np.zeros(nbytes // 4, np.float32), "padding"))
+    return big
+
+
+def with_local_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` whose last Add is a call to a function the file defines itself."""
+    bad = _copy(model)
+    function = helper.make_function("tests.local", "AddBias", ["x", "b"], ["y"],
+                                    [helper.make_node("Add", ["x", "b"], ["y"])],
+                                    [helper.make_opsetid("", OPSET)])
+    bad.functions.append(function)
+    bad.graph.node[-1].op_type, bad.graph.node[-1].domain = "AddBias", "tests.local"
+    return bad
+
+
+def with_subgraph(model: onnx.ModelProto, external_location: str | None = None) -> onnx.ModelProto:
+    """``model`` plus an If node whose else branch holds a constant of zeros added to the logits;
+    with ``external_location`` that constant says its bytes live in that file instead."""
+    bad = _copy(model)
+    classes = bad.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    zeros = np.zeros(classes, np.float32)
+    hidden = numpy_helper.from_array(zeros, "hidden")
+    if external_location is not None:
+        hidden.ClearField("raw_data")
+        hidden.data_location = TensorProto.EXTERNAL
+        entry = hidden.external_data.add()
+        entry.key, entry.value = "location", external_location
+
+    def branch(name: str, tensor) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("Constant", [], [f"{name}_out"], value=tensor)], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [classes])])
+
+    bad.graph.initializer.append(numpy_helper.from_array(np.array(True), "condition"))
+    bad.graph.node.insert(0, helper.make_node("If", ["condition"], ["extra"],
+                                              then_branch=branch("then", numpy_helper.from_array(zeros, "zeros")),
+                                              else_branch=branch("else", hidden)))
+    bad.graph.node[-1].output[0] = "pre_logits"
+    bad.graph.node.append(helper.make_node("Add", ["pre_logits", "extra"], ["logits"]))
+    return bad
