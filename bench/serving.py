@@ -123,7 +123,8 @@ def request_profile(model, image: bytes, count: int, env: dict) -> dict:
     lane = InferenceLane(max_batch=4)
     parts = {
         "werkzeug_request": lambda: request().get_data(),
-        "parse_request": lambda: parse_classify_request(request(), path_model=None, max_bytes=settings.max_request_bytes,
+        "parse_request": lambda: parse_classify_request(request(), path_model=None,
+                                                        max_bytes=settings.max_request_bytes,
                                                         max_images=settings.max_images_per_request),
         "decode": lambda: decode_image(image, max_pixels=10**8, min_side=spec.resize),
         "preprocess": lambda: preprocess(decoded, spec),

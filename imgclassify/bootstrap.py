@@ -6,14 +6,18 @@ import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .engines import import_preferred_runtime
 from .http import HttpApp
 from .logs import configure_logging
 from .memory import limit_malloc_arenas
-from .models import LoadedModel
-from .service import Service
+from .routes import FUNCTIONS
 from .settings import Settings
+
+if TYPE_CHECKING:  # classify's modules: list_models never imports them
+    from .models import LoadedModel
+    from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ def process_age_ms() -> float | None:
         return None
 
 
-def preload_before_fork(service: Service) -> dict[str, float]:
+def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
     """Fetch, verify and check the default model now, while the module is imported.
 
     functions-framework imports this module in gunicorn's parent process and then forks
@@ -42,17 +46,17 @@ def preload_before_fork(service: Service) -> dict[str, float]:
     phases: dict[str, float] = {}
     started = time.perf_counter()
     # The runtime's import (CPU) overlaps the catalog read and the download (network).
-    importer = threading.Thread(target=import_preferred_runtime, args=(service.settings.engine_options(),),
+    importer = threading.Thread(target=import_preferred_runtime, args=(registry.engine_options,),
                                 name="import-runtime")
     importer.start()
     try:
-        service.registry.catalog()
+        registry.catalog()
     except Exception as error:  # noqa: BLE001 - start-up must not die; requests will retry
         log.warning("could not read the catalog at start-up (%s); models load on first use", error)
         importer.join()  # joined before returning: no thread may cross the fork
         return phases
     phases["catalog"] = round((time.perf_counter() - started) * 1000, 1)
-    model = service.registry.warm_up()
+    model = registry.warm_up()
     started = time.perf_counter()
     importer.join()
     phases["import_runtime_wait"] = round((time.perf_counter() - started) * 1000, 1)
@@ -70,25 +74,41 @@ def build_after_fork(model: LoadedModel) -> threading.Thread:
         except Exception as error:  # noqa: BLE001 - the first request will report it
             log.warning("could not build %s@%s after the fork: %s", *model.key, error)
             return
-        log.info("built %s@%s in the worker", *model.key, extra={"fields": {"build_ms": model.load_ms}})
+        log.info("built %s@%s in the worker", *model.key,
+                 extra={"fields": {"build_ms": model.load_ms, "pid": os.getpid()}})
 
     thread = threading.Thread(target=build, name="build-after-fork", daemon=True)
     thread.start()
     return thread
 
 
+def build_app(function: str, settings: Settings) -> HttpApp:
+    """The app of ``function`` over ``settings``; each imports only what its function serves."""
+    if function == "classify":
+        from .classify_app import ClassifyApp
+        from .service import ClassifyService
+
+        return ClassifyApp(ClassifyService.from_settings(settings))
+    if function == "list_models":
+        from .list_models_app import ListModelsApp
+        from .listing import ModelListing
+
+        return ListModelsApp(ModelListing.from_settings(settings), settings)
+    raise ValueError(f"unknown function {function!r}; expected one of {', '.join(FUNCTIONS)}")
+
+
 def create_http_app(function: str, settings: Settings | None = None) -> HttpApp:
-    """Build the app for ``function`` ("classify" or "list_models") from the environment."""
+    """Start an instance of ``function``: logging, settings from the environment, the app, the preload."""
     started = time.perf_counter()
     configure_logging()
     limit_malloc_arenas()
     settings = settings or Settings.from_env()
-    service = Service.from_settings(settings)
+    app = build_app(function, settings)
     phases = {"python_and_imports": process_age_ms()}
     if function == "classify" and settings.preload_default_model:
-        phases.update(preload_before_fork(service))
+        phases.update(preload_before_fork(app.service.registry))
     phases["create_app"] = round((time.perf_counter() - started) * 1000, 1)
     phases["process_age"] = process_age_ms()
     log.info("%s ready (store %s)", function, settings.model_store,
-             extra={"fields": {"startup_ms": phases}})
-    return HttpApp(service, function)
+             extra={"fields": {"startup_ms": phases, "pid": os.getpid()}})
+    return app

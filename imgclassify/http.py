@@ -1,25 +1,24 @@
 """The HTTP edge: routing, CORS, JSON responses, one error mapping, one log line per request.
 
 Framework-free: takes a werkzeug ``Request`` (Flask's request is one) and returns a werkzeug
-``Response``; functions-framework, the local router and tests all call :class:`HttpApp`.
+``Response``; functions-framework, the local router and tests all call an :class:`HttpApp`.
+Each function's own routes are handled by a subclass in a module of its own
+(:mod:`imgclassify.classify_app`, :mod:`imgclassify.list_models_app`), so that a function
+imports only what it serves.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 
 from werkzeug.wrappers import Request, Response
 
-from .contract import openapi_document
 from .errors import MethodNotAllowed, NotFound, ServiceError
-from .images import pixel_budget
 from .logs import trace_fields
-from .request_parsing import parse_classify_request
-from .routes import ROOT_ROUTES, match
-from .service import Service
+from .routes import ROOT_ROUTES, Route, match
+from .settings import Settings
 
 log = logging.getLogger("imgclassify.requests")
 
@@ -37,11 +36,16 @@ def error_response(error: ServiceError) -> Response:
 
 
 class HttpApp:
-    """Serves the routes of one function (``classify`` or ``list_models``) over ``service``."""
+    """Serves the routes of one function; subclasses answer them in :meth:`handle`."""
 
-    def __init__(self, service: Service, function: str) -> None:
-        self.service = service
-        self.function = function
+    function: str
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def handle(self, route: Route, params: dict[str, str], request: Request, context: dict) -> Response:
+        """The response to ``request`` on ``route`` (method already checked); may add log fields to ``context``."""
+        raise NotImplementedError
 
     def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -73,34 +77,11 @@ class HttpApp:
         route, params = found
         if request.method != route.method and not (route.method == "GET" and request.method == "HEAD"):
             raise MethodNotAllowed(request.method, [route.method, "OPTIONS"])
-        if route.function == "classify":
-            return self._classify(request, params.get("name"), context)
-        if route.operation == "getOpenApi":
-            return self._cacheable(request, openapi_document())
-        if "name" in params:
-            return self._cacheable(request, self.service.describe_model(params["name"]))
-        return self._cacheable(request, self.service.list_models())
-
-    def _classify(self, request: Request, path_model: str | None, context: dict) -> Response:
-        settings = self.service.settings
-        parsed = parse_classify_request(request, path_model=path_model, max_bytes=settings.max_request_bytes,
-                                        max_images=settings.max_images_per_request)
-        # Every image this request decodes, wherever it comes from, is charged to one budget.
-        with pixel_budget(settings.max_request_pixels):
-            result = self.service.classify(parsed)
-        context.update(model=result["model"]["name"], version=result["model"]["version"],
-                       cold=result["cold_start"], images=len(parsed.images))
-        return json_response(result)
-
-    def _cacheable(self, request: Request, payload: dict) -> Response:
-        response = json_response(payload)
-        response.set_etag(hashlib.sha256(response.get_data()).hexdigest()[:32])
-        response.headers["Cache-Control"] = f"public, max-age={int(self.service.settings.catalog_ttl_seconds)}"
-        return response.make_conditional(request)
+        return self.handle(route, params, request, context)
 
     def _add_cors(self, request: Request, response: Response) -> None:
         origin = request.headers.get("Origin")
-        allowed = self.service.settings.cors_allowed_origins
+        allowed = self.settings.cors_allowed_origins
         if not origin:
             return
         if "*" in allowed:
@@ -131,7 +112,7 @@ class HttpApp:
             "function": self.function,
             "latency_ms": round(latency * 1000, 1),
             **context,
-            **trace_fields(request.headers, self.service.settings.google_cloud_project),
+            **trace_fields(request.headers, self.settings.google_cloud_project),
         }
         level = logging.ERROR if response.status_code >= 500 else logging.INFO
         log.log(level, "%s %s %d", request.method, request.path, response.status_code, extra={"fields": fields})

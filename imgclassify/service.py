@@ -1,6 +1,7 @@
-"""The service's operations, free of any web framework: list models, describe one, classify.
+"""The ``classify`` operation, free of any web framework: fetch, decode, preprocess, run, top-k.
 
-Functions' ``main.py``, the local router, the batch job and the tests all call these.
+The classify function and the tests call it; the listing operations live in
+:mod:`imgclassify.listing`.
 """
 
 from __future__ import annotations
@@ -8,26 +9,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .catalog import read_manifest
 from .errors import ForbiddenSource, PayloadTooLarge, ServiceError
 from .fetch import UrlFetcher, UrlPolicy
 from .inference import InferenceLane
 from .registry import ModelRegistry
 from .request_parsing import ClassifyRequest, ImageInput
 from .settings import Settings
-from .storage import GcsStore, ObjectStore, split_gs_uri
+from .storage import GcsStore, split_gs_uri
 
 
 @dataclass
-class Service:
+class ClassifyService:
     settings: Settings
-    store: ObjectStore
     registry: ModelRegistry
     url_fetcher: UrlFetcher | None = None
     lane: InferenceLane = field(default_factory=InferenceLane)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Service:
+    def from_settings(cls, settings: Settings) -> ClassifyService:
         registry = ModelRegistry.from_settings(settings)
         fetcher = None
         if settings.url_fetch_enabled:
@@ -36,34 +35,7 @@ class Service:
                                      timeout_seconds=settings.url_fetch_timeout_seconds)
             fetcher = UrlFetcher(policy)
         lane = InferenceLane(max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000)
-        return cls(settings, registry.store, registry, fetcher, lane)
-
-    # --- listing -----------------------------------------------------------------------
-
-    def list_models(self) -> dict:
-        """``GET /v1/models``: the latest version of every published model."""
-        catalog = self.registry.catalog()
-        default = catalog.default_name(self.registry.configured_default)
-        models = catalog.listing(self.registry.configured_default)
-        return {"models": models, "default_model": default}
-
-    def describe_model(self, name: str) -> dict:
-        """``GET /v1/models/{name}``: the latest manifest's summary, labels, preprocessing and all versions."""
-        name, version = self.registry.resolve(name)
-        catalog = self.registry.catalog()
-        manifest = read_manifest(self.store, name, version)
-        entry = catalog.models[name]
-        return {
-            **manifest.summary(),
-            "default": name == catalog.default_name(self.registry.configured_default),
-            "labels": list(manifest.labels),
-            "preprocessing": manifest.to_json()["preprocessing"],
-            "metadata": manifest.metadata,
-            "versions": [entry["versions"][key] for key in sorted(entry["versions"])],
-            "latest": entry["latest"],
-        }
-
-    # --- classification ----------------------------------------------------------------
+        return cls(settings, registry, fetcher, lane)
 
     def fetch(self, image: ImageInput) -> bytes:
         """The bytes of one input image, from the request itself or an allowed bucket."""
@@ -97,9 +69,7 @@ class Service:
         """Classify every image of ``request`` with one model, as one batch, in input order."""
         started = time.perf_counter()
         model, cold = self.registry.get(request.model)
-        if not model.built:  # build here, not on the inference lane that other models share
-            cold = True
-            model.network()
+        model.network()  # built by now, or here (waiting for a build already running): not on the lane
         loaded = time.perf_counter()
         with self.lane.preparing(model):
             inputs = [self._prepare(model, image, index, len(request.images))

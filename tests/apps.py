@@ -5,9 +5,8 @@ from __future__ import annotations
 from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
-from imgclassify.http import HttpApp
+from imgclassify.bootstrap import build_app
 from imgclassify.logs import configure_logging
-from imgclassify.service import Service
 from imgclassify.settings import Settings
 
 
@@ -16,5 +15,5 @@ def client_for(bucket: str, function: str = "classify", **env: str) -> Client:
     settings = Settings.from_env({"MODEL_STORE": f"gs://{bucket}", "PRELOAD_DEFAULT_MODEL": "false",
                                   "STORAGE_RETRY_SECONDS": "1", **env})
     configure_logging()
-    app = HttpApp(Service.from_settings(settings), function)
+    app = build_app(function, settings)
     return Client(lambda environ, start_response: app(Request(environ))(environ, start_response))

@@ -102,7 +102,7 @@ def test_function_logs_are_json_lines_cloud_logging_understands(stack):
 
 
 def test_concurrent_cold_requests_download_the_weights_exactly_once(emulator, models_bucket, tmp_path):
-    """Single flight, proved by counting the storage reads that reach the emulator."""
+    """Single flight, proved by counting the storage reads of model.onnx that reach the emulator."""
     with CountingProxy(emulator.url) as proxy:
         stack = LocalStack(bucket=models_bucket, emulator=emulator, log_dir=tmp_path)
         env = {"STORAGE_EMULATOR_HOST": proxy.url, "PRELOAD_DEFAULT_MODEL": "false",
@@ -122,8 +122,8 @@ def test_concurrent_cold_requests_download_the_weights_exactly_once(emulator, mo
     assert [r.status_code for r in responses] == [200] * 32
     assert any(r.json()["cold_start"] for r in responses)
     # One download is ceil(size / 4 MiB) ranged reads; a second download would double it.
-    size = GcsStore(models_bucket).info("models/efficientnet_lite1/1/weights.safetensors").size
+    size = GcsStore(models_bucket).info("models/efficientnet_lite1/1/model.onnx").size
     slices = -(-size // (4 * 2**20))
     assert slices > 1
-    assert proxy.media_reads("efficientnet_lite1/1/weights.safetensors") == slices
+    assert proxy.media_reads("efficientnet_lite1/1/model.onnx") == slices
     assert proxy.media_reads("efficientnet_lite1/1/manifest.json") == 1
