@@ -151,3 +151,34 @@ def test_a_client_that_stops_sending_is_dropped_and_does_not_hold_the_router(sta
         answer = sock.recv(65536)
     assert time.monotonic() - started < 45
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
+def test_more_keep_alive_clients_than_server_threads_meet_no_reset(stack):
+    """gunicorn's gthread worker closes a kept-alive connection after 2 s idle; a request sent
+    on it at that moment is reset (measured: 64 such clients straight at a function met 10
+    resets in 1509 requests). Clients that idle about 2 s between requests are the worst case;
+    through the router, which forwards each request on a fresh connection, all are answered."""
+    import random
+
+    stop_at = time.monotonic() + 10
+    answers: list[int] = []
+    failures: list[str] = []
+
+    def client(seed: int) -> None:
+        pause = random.Random(seed)
+        with requests.Session() as session:
+            while time.monotonic() < stop_at:
+                try:
+                    answers.append(session.get(f"{stack.url}/v1/models", timeout=30).status_code)
+                except requests.RequestException as error:
+                    failures.append(repr(error))
+                time.sleep(pause.choice([0, 0.01, 1.95, 2.0, 2.05]))
+
+    clients = [threading.Thread(target=client, args=(seed,)) for seed in range(48)]
+    for each in clients:
+        each.start()
+    for each in clients:
+        each.join(timeout=60)
+
+    assert failures == []
+    assert len(answers) > 200 and set(answers) == {200}
