@@ -1,0 +1,185 @@
+"""Engines: which one serves a model, their thread settings, what they refuse and what they count."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from imgclassify.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, onnx_object, read_manifest
+from imgclassify.engines import EngineOptions, OnnxRuntimeEngine, TorchEngine, engine_for
+from imgclassify.errors import EngineUnavailable, IntegrityError
+from imgclassify.models import load_model
+from imgclassify.predict import scores
+from imgclassify.publish import publish, serialize_weights
+from imgclassify.registry import ModelRegistry
+from imgclassify.settings import Settings
+from imgclassify.storage import GcsStore, LocalStore
+from tests.onnx_graphs import colour_classifier, serialized
+
+LABELS = ("red", "green", "blue")
+
+
+def manifest_with(*kinds: str, name: str = "tiny", output: str = "logits") -> Manifest:
+    artifacts = {kind: ArtifactRef(f"models/{name}/1/{kind}", 1, "0" * 64) for kind in kinds}
+    return Manifest(name=name, version="1", architecture=Architecture("onnx", "tests"), artifacts=artifacts,
+                    labels=LABELS, preprocessing=Preprocessing(resize=40, crop_size=32), output=output)
+
+
+@pytest.fixture
+def store(tmp_path) -> LocalStore:
+    return LocalStore(tmp_path / "models")
+
+
+def publish_graph(store, model: onnx.ModelProto, **changes) -> Manifest:
+    return publish(store, replace(manifest_with("onnx"), **changes), {"onnx": serialized(model)})
+
+
+@pytest.fixture
+def torch_missing(monkeypatch):
+    monkeypatch.setattr(TorchEngine, "installed", staticmethod(lambda: False))
+
+
+# --- which engine ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kinds, preferred, chosen", [
+    (("onnx", "safetensors"), "onnxruntime", "onnxruntime"),
+    (("onnx",), "onnxruntime", "onnxruntime"),
+    (("onnx", "safetensors"), "torch", "torch"),
+    (("onnx",), "torch", "onnxruntime"),
+    (("safetensors",), "onnxruntime", "torch"),
+    (("safetensors",), "torch", "torch"),
+])
+def test_the_preferred_engine_serves_a_model_that_has_its_artifact_else_the_other(kinds, preferred, chosen):
+    engine = engine_for(manifest_with(*kinds), EngineOptions(preferred))
+
+    assert engine.name == chosen
+    assert engine.artifact in kinds
+
+
+def test_a_torch_only_model_without_torch_is_engine_unavailable_naming_the_migrate_command(torch_missing):
+    with pytest.raises(EngineUnavailable) as caught:
+        engine_for(manifest_with("safetensors", name="resnet"), EngineOptions())
+
+    assert (caught.value.status, caught.value.code) == (500, "ENGINE_UNAVAILABLE")
+    assert "resnet@1 has only safetensors" in caught.value.message
+    assert "`python -m imgclassify.publish migrate resnet`" in caught.value.message
+
+
+def test_an_onnx_model_without_onnx_runtime_is_engine_unavailable(monkeypatch):
+    monkeypatch.setattr(OnnxRuntimeEngine, "installed", staticmethod(lambda: False))
+
+    with pytest.raises(EngineUnavailable, match="has only onnx"):
+        engine_for(manifest_with("onnx"), EngineOptions())
+
+
+def test_both_runtimes_are_installed_in_the_test_environment():
+    # The control for the monkeypatched absences above.
+    assert OnnxRuntimeEngine.installed() and TorchEngine.installed()
+
+
+# --- threads -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads, expected", [(1, 1), (3, 3), (0, len(os.sched_getaffinity(0)))])
+def test_the_session_runs_with_engine_threads_intra_op_threads_and_one_inter_op(store, threads, expected):
+    manifest = publish_graph(store, colour_classifier(3))
+
+    network = OnnxRuntimeEngine(EngineOptions(threads=threads)).build(manifest, serialized(colour_classifier(3)))
+
+    options = network.session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (expected, 1)
+
+
+def test_the_engine_threads_setting_reaches_the_session_of_a_served_model(store):
+    publish_graph(store, colour_classifier(3))
+    settings = Settings.from_env({"MODEL_STORE": str(store.root), "ENGINE_THREADS": "2"})
+    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60,
+                             engine_options=settings.engine_options())
+
+    model, _ = registry.get("tiny")
+
+    assert model.network().session.get_session_options().intra_op_num_threads == 2
+
+
+# --- loading: verified bytes, checked, built lazily --------------------------------------------
+
+def test_a_loaded_model_keeps_its_verified_bytes_until_it_is_built_then_only_the_network(store):
+    manifest = publish_graph(store, colour_classifier(3))
+
+    model = load_model(store, manifest, EngineOptions())
+
+    assert not model.built and model._data == serialized(colour_classifier(3))
+    network = model.network()
+    assert model.built and model._data is None
+    assert model.network() is network
+
+
+def test_outputs_are_the_graphs_rows_and_classify_ranks_their_softmax(store):
+    graph = colour_classifier(3, weight=10 * np.eye(3))
+    model = load_model(store, publish_graph(store, graph), EngineOptions())
+    red, blue = np.zeros((3, 32, 32), np.float32), np.zeros((3, 32, 32), np.float32)
+    red[0], blue[2] = 2.0, 2.0
+    bias = numpy_helper.to_array(next(t for t in graph.graph.initializer if t.name == "bias"))
+
+    outputs = model.outputs([red, blue])
+    rows = model.classify([red, blue], 2)
+
+    assert outputs.dtype == np.float32
+    assert np.abs(outputs - (20 * np.eye(3)[[0, 2]] + bias)).max() <= 1e-5
+    assert [row[0]["label"] for row in rows] == ["red", "blue"]
+    assert rows[0][0]["score"] == round(float(scores(outputs)[0].max()), 6)
+
+
+def test_a_model_whose_output_is_probabilities_is_not_softmaxed_again(store):
+    graph = colour_classifier(3)
+    graph.graph.node[-1].output[0] = "raw"
+    graph.graph.node.append(helper.make_node("Softmax", ["raw"], ["logits"], axis=1))
+    model = load_model(store, publish_graph(store, graph, output="probabilities"), EngineOptions())
+    batch = [np.random.default_rng(0).normal(size=(3, 32, 32)).astype(np.float32)]
+
+    assert np.array_equal(model.probabilities(batch), model.outputs(batch))
+    assert abs(float(model.probabilities(batch).sum()) - 1) <= 1e-6
+
+
+def test_the_memory_of_an_onnx_model_is_counted_from_its_initializers(models_bucket):
+    store = GcsStore(models_bucket)
+    manifest = read_manifest(store, "efficientnet_lite0", "1")
+    graph = onnx.load_from_string(store.download(manifest.artifacts["onnx"].object))
+
+    model = load_model(store, manifest, EngineOptions())
+
+    assert model.nbytes == sum(numpy_helper.to_array(tensor).nbytes for tensor in graph.graph.initializer)
+    assert 0.9 * manifest.artifacts["onnx"].bytes <= model.nbytes <= manifest.artifacts["onnx"].bytes
+
+
+def test_a_graph_that_passes_the_rules_but_does_not_load_is_an_integrity_error_when_built(store):
+    graph = colour_classifier(3)
+    graph.graph.node[-1].op_type = "NoSuchOperator"  # standard domain, unknown to the runtime
+    model = load_model(store, publish_graph(store, graph), EngineOptions())
+
+    with pytest.raises(IntegrityError, match="model.onnx of tiny@1 does not load"):
+        model.network()
+
+
+def test_an_artifact_outside_its_versions_folder_is_refused(store):
+    manifest = publish_graph(store, colour_classifier(3))
+    elsewhere = replace(manifest, artifacts={"onnx": replace(manifest.artifacts["onnx"],
+                                                             object=onnx_object("other", "1"))})
+
+    with pytest.raises(IntegrityError, match="points outside its version"):
+        load_model(store, elsewhere, EngineOptions())
+
+
+def test_the_torch_engine_counts_the_tensor_bytes_and_refuses_what_is_not_safetensors():
+    import torch
+
+    weights = serialize_weights({"weight": torch.zeros(4, 3), "bias": torch.zeros(4, dtype=torch.float16)})
+    engine = TorchEngine(EngineOptions("torch"))
+
+    assert engine.check(manifest_with("safetensors"), weights) == 4 * 3 * 4 + 4 * 2
+    with pytest.raises(IntegrityError, match="not a valid safetensors file"):
+        engine.check(manifest_with("safetensors"), b"\x00" * 16)
