@@ -9,56 +9,30 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .errors import ForbiddenSource, PayloadTooLarge, ServiceError
-from .fetch import UrlFetcher, UrlPolicy
+from .errors import ServiceError
+from .image_sources import ImageSources
 from .inference import InferenceLane
 from .registry import ModelRegistry
 from .request_parsing import ClassifyRequest, ImageInput
 from .settings import Settings
-from .storage import GcsStore, split_gs_uri
 
 
 @dataclass
 class ClassifyService:
     settings: Settings
     registry: ModelRegistry
-    url_fetcher: UrlFetcher | None = None
+    sources: ImageSources
     lane: InferenceLane = field(default_factory=InferenceLane)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClassifyService:
-        registry = ModelRegistry.from_settings(settings)
-        fetcher = None
-        if settings.url_fetch_enabled:
-            policy = UrlPolicy.build(settings.url_fetch_schemes, settings.url_allowed_networks,
-                                     max_bytes=settings.max_request_bytes,
-                                     timeout_seconds=settings.url_fetch_timeout_seconds)
-            fetcher = UrlFetcher(policy)
         lane = InferenceLane(max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000)
-        return cls(settings, registry, fetcher, lane)
-
-    def fetch(self, image: ImageInput) -> bytes:
-        """The bytes of one input image, from the request itself or an allowed bucket."""
-        if image.data is not None:
-            return image.data
-        if image.gcs_uri is not None:
-            bucket, name = split_gs_uri(image.gcs_uri)
-            if bucket not in self.settings.allowed_gcs_buckets:
-                raise ForbiddenSource(f"bucket {bucket!r} is not one this service may read from")
-            store = GcsStore(bucket, **self.settings.gcs_options())
-            info = store.info(name)
-            if info is not None and info.size > self.settings.max_request_bytes:
-                raise PayloadTooLarge(f"{image.gcs_uri} has {info.size} bytes; the limit is "
-                                      f"{self.settings.max_request_bytes}")
-            return store.read(name).data
-        if self.url_fetcher is None:
-            raise ForbiddenSource("URL input is not enabled on this deployment; upload the image or use gcs_uri")
-        return self.url_fetcher.fetch(image.url)
+        return cls(settings, ModelRegistry.from_settings(settings), ImageSources.from_settings(settings), lane)
 
     def _prepare(self, model, image: ImageInput, index: int, count: int):
         """Fetch, decode and preprocess one image; errors name the image's index in a batch."""
         try:
-            return model.prepare(self.fetch(image), max_pixels=self.settings.max_image_pixels)
+            return model.prepare(self.sources.read(image), max_pixels=self.settings.max_image_pixels)
         except ServiceError as error:
             if count > 1:
                 error.message = f"image {index}: {error.message}"

@@ -96,12 +96,9 @@ class ObjectStore(ABC):
     def list(self, prefix: str) -> list[str]:
         """Names under ``prefix``, sorted."""
 
-    def download(self, name: str, *, progress=None) -> bytes:
-        """Read a possibly large object, in parallel where the backend can. ``progress(n)`` counts bytes."""
-        data = self.read(name).data
-        if progress:
-            progress(len(data))
-        return data
+    def download(self, name: str) -> bytes:
+        """Read a possibly large object, in parallel where the backend can."""
+        return self.read(name).data
 
 
 class LocalStore(ObjectStore):
@@ -280,7 +277,7 @@ class GcsStore(ObjectStore):
             return None
         return ObjectInfo(int(blob.size), int(blob.generation))
 
-    def download(self, name: str, *, progress=None) -> bytes:
+    def download(self, name: str) -> bytes:
         """Download in parallel ranged slices, all pinned to one generation, into one buffer."""
         info = self.info(name)
         if info is None:
@@ -288,10 +285,7 @@ class GcsStore(ObjectStore):
         if info.size <= self.slice_bytes:
             blob = self._blob(name, info.generation)
             with _translated_errors(self._uri(name)):
-                data = blob.download_as_bytes(retry=self.retry, timeout=self.timeout)
-            if progress:
-                progress(len(data))
-            return data
+                return blob.download_as_bytes(retry=self.retry, timeout=self.timeout)
         buffer = bytearray(info.size)
         view = memoryview(buffer)
 
@@ -305,8 +299,6 @@ class GcsStore(ObjectStore):
             if len(chunk) != end - start + 1:
                 raise StorageUnavailable(f"short read of {self._uri(name)} at byte {start}")
             view[start:end + 1] = chunk
-            if progress:
-                progress(len(chunk))
 
         starts = range(0, info.size, self.slice_bytes)
         with ThreadPoolExecutor(max_workers=min(self.workers, len(starts))) as pool:

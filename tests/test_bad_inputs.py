@@ -155,7 +155,7 @@ urls = st.one_of(
 @PROPERTY_SETTINGS
 @given(urls)
 def test_any_url_is_refused_with_a_4xx_or_checked_to_an_address_without_reaching_anything(url):
-    from imgclassify.fetch import UrlFetcher, UrlPolicy
+    from imgclassify.url_fetch import UrlFetcher, UrlPolicy
 
     # A fixed public answer instead of DNS: what is under test is the parsing and the checks.
     fetcher = UrlFetcher(UrlPolicy(schemes=("https", "http")), resolver=lambda host, port: ["93.184.216.34"])

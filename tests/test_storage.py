@@ -70,7 +70,7 @@ def test_write_if_absent_refuses_to_overwrite_and_leaves_the_object_intact(store
         store.write("obj.bin", b"intruder", if_generation_match=0)
 
     assert caught.value.code == "GENERATION_MISMATCH"
-    assert caught.value.status == 409
+    assert caught.value.status == 412  # Precondition Failed, as storage itself says
     assert store.read("obj.bin") == storage.StoredObject(b"original", generation)
 
 
@@ -185,13 +185,11 @@ def test_upload_progress_callback_sums_to_the_object_size(store):
     assert sum(reported) == len(data)
 
 
-def test_download_returns_the_object_and_reports_its_size(store):
+def test_download_returns_the_object(store):
     data = os.urandom(10_000)
     store.write("obj.bin", data)
-    reported: list[int] = []
 
-    assert store.download("obj.bin", progress=reported.append) == data
-    assert sum(reported) == len(data)
+    assert store.download("obj.bin") == data
 
 
 def test_download_of_a_missing_object_raises_object_not_found(store):
@@ -206,13 +204,10 @@ def test_gcs_download_in_slices_reassembles_the_object_exactly(new_bucket):
     store = GcsStore(new_bucket(), slice_bytes=slice_bytes, retry_seconds=2.0, timeout_seconds=10.0)
     data = os.urandom(1_000_003)  # not a multiple of the slice size: the last slice is short
     store.write("weights.bin", data)
-    reported: list[int] = []
 
-    downloaded = store.download("weights.bin", progress=reported.append)
-
-    assert downloaded == data
-    assert sum(reported) == len(data)
-    assert len(reported) == -(-len(data) // slice_bytes)  # one report per slice
+    # (That it takes one ranged read per slice is counted at the emulator's door in
+    # tests/test_integration.py::test_concurrent_cold_requests_download_the_weights_exactly_once.)
+    assert store.download("weights.bin") == data
 
 
 def test_gcs_store_prefix_is_prepended_in_the_bucket_and_hidden_from_names(new_bucket):

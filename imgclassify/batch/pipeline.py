@@ -11,7 +11,8 @@ from itertools import islice
 
 import numpy as np
 
-from ..errors import PayloadTooLarge, ServiceError, StorageUnavailable
+from ..errors import ServiceError, StorageUnavailable
+from ..image_sources import read_image_object
 from ..models import LoadedModel
 from ..settings import Settings
 from ..storage import GenerationMismatch, ObjectStore
@@ -41,9 +42,7 @@ def image_preparer(source: ObjectStore, model: LoadedModel, settings: Settings) 
     """
     def prepare(name: str) -> np.ndarray | dict:
         try:
-            data = source.read(name).data
-            if len(data) > settings.max_request_bytes:
-                raise PayloadTooLarge(f"the image has {len(data)} bytes; the limit is {settings.max_request_bytes}")
+            data = read_image_object(source, name, settings.max_request_bytes)
             return model.prepare(data, max_pixels=settings.max_image_pixels)
         except StorageUnavailable:
             raise
