@@ -317,3 +317,12 @@ def test_without_wait_seconds_a_waiter_waits_for_the_load():
     threading.Timer(0.3, release.set).start()
 
     assert cache.get("resnet") == ("model", True)
+
+
+def test_model_load_wait_seconds_reaches_the_registry_cache(tmp_path):
+    from imgclassify.registry import ModelRegistry
+    from imgclassify.settings import Settings
+
+    settings = Settings.from_env({"MODEL_STORE": str(tmp_path), "MODEL_LOAD_WAIT_SECONDS": "7.5"})
+
+    assert ModelRegistry.from_settings(settings).cache.wait_seconds == 7.5
