@@ -106,7 +106,7 @@ def _instance(index: int, item: Any) -> ImageInput:
     return ImageInput(url=value)
 
 
-def _parse_json(body: bytes) -> tuple[list[ImageInput], Any, Any]:
+def _parse_json(body: bytes, max_images: int) -> tuple[list[ImageInput], Any, Any]:
     try:
         payload = json.loads(body)
     except RecursionError:
@@ -119,6 +119,8 @@ def _parse_json(body: bytes) -> tuple[list[ImageInput], Any, Any]:
     instances = payload.get("instances")
     if not isinstance(instances, list) or not instances:
         raise InvalidRequest('the JSON body needs "instances": a non-empty list of {"b64"}, {"gcs_uri"} or {"url"}')
+    if len(instances) > max_images:  # before a million tiny instances are decoded one by one
+        raise TooManyImages(f"the request has {len(instances)} images; the limit is {max_images}")
     return [_instance(i, item) for i, item in enumerate(instances)], payload.get("model"), payload.get("top_k")
 
 
@@ -143,7 +145,7 @@ def parse_classify_request(request: Request, *, path_model: str | None, max_byte
             if not body:
                 raise EmptyBody("the request body is empty; send an image")
             if mimetype == "application/json":
-                images, body_model, body_top_k = _parse_json(body)
+                images, body_model, body_top_k = _parse_json(body, max_images)
             elif mimetype.startswith("image/") or mimetype == "application/octet-stream":
                 images = [ImageInput(data=body)]
             else:

@@ -180,3 +180,12 @@ def test_top_k_strings_that_python_would_stretch_into_a_number_are_rejected(valu
     with pytest.raises(InvalidRequest) as error:
         parse_top_k(value)
     assert error.value.code == "INVALID_TOP_K"
+
+
+def test_too_many_json_instances_are_refused_before_any_is_decoded():
+    body = '{"instances": [' + ",".join(['{"b64": "!!"}'] * 5) + "]}"  # invalid base64: decoding would fail first
+
+    with pytest.raises(PayloadTooLarge) as error:
+        parse(request(data=body, content_type="application/json"))
+
+    assert error.value.code == "TOO_MANY_IMAGES"
