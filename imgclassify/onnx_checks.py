@@ -52,14 +52,23 @@ def _graphs(graph) -> Iterator:
                 yield from _graphs(subgraph)
 
 
+def _sparse_parts(sparse_tensors) -> Iterator:
+    for sparse in sparse_tensors:
+        yield sparse.values
+        yield sparse.indices  # either part can name external data
+
+
 def _tensors(graph) -> Iterator:
     yield from graph.initializer
-    yield from (sparse.values for sparse in graph.sparse_initializer)
+    yield from _sparse_parts(graph.sparse_initializer)
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.HasField("t"):
                 yield attribute.t
             yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):  # e.g. Constant's sparse_value
+                yield from _sparse_parts([attribute.sparse_tensor])
+            yield from _sparse_parts(attribute.sparse_tensors)
 
 
 def _tensor_bytes(tensor) -> int:

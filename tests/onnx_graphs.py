@@ -141,3 +141,27 @@ def with_subgraph(model: onnx.ModelProto, external_location: str | None = None) 
     bad.graph.node[-1].output[0] = "pre_logits"
     bad.graph.node.append(helper.make_node("Add", ["pre_logits", "extra"], ["logits"]))
     return bad
+
+
+def _stored_externally(tensor, location: str):
+    for field in ("raw_data", "float_data", "int64_data"):
+        tensor.ClearField(field)
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    return tensor
+
+
+def with_sparse_external_data(model: onnx.ModelProto, where: str, location: str = "/etc/passwd") -> onnx.ModelProto:
+    """``model`` plus an unused sparse tensor whose indices (``where="initializer"``) or values
+    (``where="constant"``, a Constant node's sparse_value) name an external file."""
+    bad = _copy(model)
+    values = numpy_helper.from_array(np.ones(2, np.float32), "sparse_values")
+    indices = numpy_helper.from_array(np.array([0, 1], np.int64), "sparse_indices")
+    if where == "initializer":
+        bad.graph.sparse_initializer.append(helper.make_sparse_tensor(values, _stored_externally(indices, location),
+                                                                      [3]))
+    else:
+        sparse = helper.make_sparse_tensor(_stored_externally(values, location), indices, [3])
+        bad.graph.node.insert(0, helper.make_node("Constant", [], ["unused"], sparse_value=sparse))
+    return bad

@@ -24,6 +24,7 @@ from tests.onnx_graphs import (
     with_output_shape,
     with_padding,
     with_second_input,
+    with_sparse_external_data,
     with_subgraph,
 )
 from tests.photos import encode, real_photo
@@ -57,6 +58,8 @@ def test_bytes_that_are_not_an_onnx_model_are_refused(data):
     (with_external_data(colour_classifier(3), "/etc/passwd"), "tensor 'weight' refers to external data"),
     (with_external_data(colour_classifier(3), "../../secrets.bin"), "tensor 'weight' refers to external data"),
     (with_subgraph(colour_classifier(3), "/etc/shadow"), "tensor 'hidden' refers to external data"),
+    (with_sparse_external_data(colour_classifier(3), "initializer"), "tensor 'sparse_indices' refers to external"),
+    (with_sparse_external_data(colour_classifier(3), "constant"), "tensor 'sparse_values' refers to external"),
     (with_foreign_node(colour_classifier(3), "com.microsoft"), "non-standard domains ['com.microsoft']"),
     (with_foreign_node(colour_classifier(3), "evil.custom", "Exfiltrate"), "non-standard domains ['evil.custom']"),
     (with_local_function(colour_classifier(3)), "defines 1 local functions"),
@@ -67,7 +70,8 @@ def test_bytes_that_are_not_an_onnx_model_are_refused(data):
     (with_input_shape(colour_classifier(3), ["N", "H", "W", 3]), "must be NCHW with 3 channels"),
     (with_input_shape(colour_classifier(3), ["N", 1, "H", "W"]), "must be NCHW with 3 channels"),
     (with_output_shape(colour_classifier(3), ["N", 3, 1]), "output 'logits' must be (N, classes)"),
-], ids=["external-etc-passwd", "external-relative", "external-in-subgraph", "vendor-domain", "custom-domain",
+], ids=["external-etc-passwd", "external-relative", "external-in-subgraph", "external-sparse-initializer",
+        "external-sparse-constant", "vendor-domain", "custom-domain",
         "local-function", "two-inputs", "int64-input", "uint8-input", "3d-input", "nhwc-input", "one-channel",
         "3d-output"])
 def test_a_graph_breaking_a_rule_is_refused_naming_the_rule(bad, rule):
