@@ -102,8 +102,11 @@ class OnnxRuntimeEngine(Engine):
 
     @staticmethod
     def import_runtime() -> None:
-        import onnx  # noqa: F401 - the checks' parser
         import onnxruntime  # noqa: F401
+
+        from .onnx_checks import onnx_model_class
+
+        onnx_model_class()  # the checks' parser, built once
 
     def session_options(self):
         import onnxruntime

@@ -11,7 +11,7 @@ directory, so each bundle holds everything its function imports from this reposi
 The zip is byte-for-byte reproducible (sorted entries, fixed timestamps and permissions),
 so Terraform names the uploaded object after its hash and a code change, and only a code
 change, redeploys the function. ``list_models`` gets the pins without the packages only
-inference needs (ONNX Runtime and onnx): it never imports them, and its bundle stays small.
+inference needs (ONNX Runtime): it never imports them, and its bundle stays small.
 Neither bundle installs torch: every model is served from its ``model.onnx``.
 
 The Makefile (``make bundles``) and Cloud Build both call this script; it needs only the
@@ -38,7 +38,7 @@ PINS_FILE = REPO / "functions" / "requirements.txt"
 DEFAULT_OUT = REPO / "build" / "functions"
 
 # Packages only model loading and inference import; list_models never loads a model.
-INFERENCE_ONLY = frozenset({"onnxruntime", "onnx"})
+INFERENCE_ONLY = frozenset({"onnxruntime"})
 
 # 1980-01-01, the earliest time a zip entry can carry.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -126,7 +126,7 @@ def freeze(path: Path = PINS_FILE) -> str:
 
     lines = [
         "# Exact versions the deployed functions install. scripts/build_bundles.py writes each bundle's",
-        "# requirements.txt from this file (list_models without onnxruntime and onnx). No torch: every",
+        "# requirements.txt from this file (list_models without onnxruntime). No torch: every",
         "# model is served by ONNX Runtime. The batch image installs the same pins (batch/requirements.txt).",
         "# Regenerate from the current environment with: python scripts/build_bundles.py --freeze",
     ]
