@@ -55,7 +55,11 @@ class LoadedModel:
                 network = self.engine.build(self.manifest, self._data)
                 built = time.perf_counter()
                 crop = self.manifest.preprocessing.crop_size
-                network.run(np.zeros((1, 3, crop, crop), dtype=np.float32))
+                rows = network.run(np.zeros((1, 3, crop, crop), dtype=np.float32))
+                if rows.shape != (1, self.manifest.num_classes):  # labels would be misread or overrun
+                    raise IntegrityError(
+                        f"{self.manifest.name}@{self.manifest.version} gives {list(rows.shape[1:])} scores per "
+                        f"image but its manifest has {self.manifest.num_classes} labels")
                 self.load_ms["build"] = round((built - started) * 1000, 1)
                 self.load_ms["warmup"] = round((time.perf_counter() - built) * 1000, 1)
                 self._network, self._data = network, None

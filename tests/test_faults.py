@@ -171,6 +171,22 @@ def test_a_planted_model_onnx_matching_its_tampered_manifest_is_refused_never_se
         assert "root:" not in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("classes", [10, 1200])
+def test_a_planted_model_onnx_whose_width_is_not_the_label_count_is_refused_never_served(
+        models_bucket, new_bucket, classes):
+    # Fewer scores than labels would be served under the wrong names; more would overrun the labels.
+    bucket = new_bucket("width")
+    copy_model(models_bucket, GcsStore(bucket), "efficientnet_lite0", kind="onnx",
+               data=serialized(colour_classifier(classes)))
+
+    response = classify(client_for(bucket), "efficientnet_lite0")
+
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "INTEGRITY_ERROR"
+    assert (f"efficientnet_lite0@1 gives [{classes}] scores per image but its manifest has 1000 labels"
+            in response.get_json()["error"]["message"])
+
+
 def test_storage_down_on_a_cold_request_is_503_and_the_instance_recovers(emulator, models_bucket, tmp_path):
     proxy = CountingProxy(emulator.url)
     proxy.up()
