@@ -488,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1
+    except OSError as error:  # a model, labels or state-dict file that cannot be read
+        print(f"error: {error.strerror or error}: {error.filename}", file=sys.stderr)
+        return 1
     return 0
 
 

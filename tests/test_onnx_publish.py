@@ -264,6 +264,22 @@ def test_a_bad_onnx_file_is_refused_with_a_clear_error_and_nothing_is_written(
     assert gcs_store.list("") == []
 
 
+@pytest.mark.parametrize("missing", ["model", "labels"])
+def test_a_model_or_labels_file_that_does_not_exist_is_a_clear_error(gcs_store, labels_file, tmp_path, capsys,
+                                                                      missing):
+    model = tmp_path / "model.onnx"
+    if missing == "labels":
+        model.write_bytes(serialized(colour_classifier(3)))
+        labels_file = tmp_path / "no-labels.txt"
+
+    status = main(onnx_command(gcs_store.bucket_name, model, labels_file))
+
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.err == f"error: No such file or directory: {model if missing == 'model' else labels_file}\n"
+    assert gcs_store.list("") == []
+
+
 # --- models published before ONNX ---------------------------------------------------------------
 
 def publish_schema_one(store: GcsStore, name: str) -> bytes:
