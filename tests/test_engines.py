@@ -85,7 +85,7 @@ def test_both_runtimes_are_installed_in_the_test_environment():
 # --- threads -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("threads, expected", [(1, 1), (3, 3), (0, len(os.sched_getaffinity(0)))])
-def test_the_session_runs_with_engine_threads_intra_op_threads_and_one_inter_op(store, threads, expected):
+def test_the_session_runs_engine_threads_intra_op_threads_and_one_inter_op_thread(store, threads, expected):
     manifest = publish_graph(store, colour_classifier(3))
 
     network = OnnxRuntimeEngine(EngineOptions(threads=threads)).build(manifest, serialized(colour_classifier(3)))
