@@ -124,7 +124,9 @@ def test_compare_runs_the_image_through_every_listed_model_side_by_side(stack, o
         expect(card.locator(".card-version")).to_have_text("v1")
         expect(card.locator(".timing-line")).to_contain_text("on the server")
     expect(page.locator("#compare-summary")).to_contain_text(re.compile(r"All 3 models that answered put|disagree"))
-    tops = {round(cards.nth(i).bounding_box()["y"]) for i in range(len(MODELS))}
+    # Read in one go: the page may still be scrolling to the section, which moves every box.
+    tops = set(page.eval_on_selector_all("#compare-grid > .card",
+                                         "cards => cards.map(card => Math.round(card.getBoundingClientRect().top))"))
     assert len(tops) == 1, "on a wide screen the cards sit side by side"
     screenshot(page, "web-compare.png")
 
