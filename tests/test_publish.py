@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
+from imgclassify import onnx_export
 from imgclassify.catalog import (
     CATALOG_OBJECT,
     Architecture,
@@ -448,10 +449,12 @@ def test_cli_remove_reports_errors_with_exit_status_one(tmp_path, capsys, ref, m
     assert read_catalog(LocalStore(store_dir))[0].resolve("tiny", None) == "1"
 
 
-def test_cli_refuses_to_publish_an_existing_version(tmp_path, capsys):
+def test_cli_refuses_to_publish_an_existing_version_before_exporting_it(tmp_path, capsys, monkeypatch):
     store_dir = tmp_path / "models"
     publish(LocalStore(store_dir), tiny_manifest(name="mobilenet_v3_small"), tiny_files())
     before = snapshot(LocalStore(store_dir))
+    exports = []
+    monkeypatch.setattr(onnx_export, "export_checked", lambda *args: exports.append(args))  # seconds saved
 
     status = main(["--store", str(store_dir), "torchvision", "mobilenet_v3_small", "--random-init",
                    "--version", "1", "--num-classes", "3"])
@@ -459,3 +462,4 @@ def test_cli_refuses_to_publish_an_existing_version(tmp_path, capsys):
     assert status == 1
     assert "already published" in capsys.readouterr().err
     assert snapshot(LocalStore(store_dir)) == before
+    assert exports == []
