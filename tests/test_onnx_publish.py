@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from onnx import helper, numpy_helper
 from PIL import Image
 
 from imgclassify import onnx_export
@@ -204,25 +205,47 @@ def test_a_brought_onnx_file_is_published_and_served_over_the_emulator(gcs_store
     assert manifest.preprocessing == Preprocessing(resize=37, crop_size=32, mean=(0, 0, 0), std=(1, 1, 1))
     assert gcs_store.download(manifest.artifacts["onnx"].object) == serialized(graph)
 
-    orange = Image.new("RGB", (64, 48), (255, 128, 0))
-    response = client_for(gcs_store.bucket_name).post("/v1/models/colour_net:classify",
-                                                      data=encode(orange, "PNG"), content_type="image/png")
+    predictions = classify_orange(gcs_store.bucket_name, "colour_net")
 
-    assert response.status_code == 200, response.get_data(as_text=True)
-    predictions = response.get_json()["results"][0]["predictions"]
-    # Independently: the mean colour through the graph's own weights, then softmax.
-    weight, bias = (np.asarray(onnx_array) for onnx_array in _initializers(graph))
-    logits = np.array([1.0, 128 / 255, 0.0]) @ weight + bias
-    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    expected = softmax(orange_logits(graph))
     assert [p["label"] for p in predictions] == [("red", "green", "blue")[i] for i in np.argsort(-expected)]
     assert max(abs(p["score"] - expected[p["index"]]) for p in predictions) <= 1e-6
 
 
-def _initializers(graph):
-    from onnx import numpy_helper
+def test_a_brought_file_whose_output_is_probabilities_is_served_without_a_second_softmax(
+        gcs_store, labels_file, tmp_path):
+    graph = colour_classifier(3, weight=4 * np.eye(3))
+    graph.graph.node[-1].output[0] = "raw"
+    graph.graph.node.append(helper.make_node("Softmax", ["raw"], ["logits"], axis=1))
+    path = tmp_path / "probabilities.onnx"
+    path.write_bytes(serialized(graph))
 
+    assert main(onnx_command(gcs_store.bucket_name, path, labels_file, "--output", "probabilities")) == 0
+    predictions = classify_orange(gcs_store.bucket_name, "probabilities")
+
+    assert read_manifest(gcs_store, "probabilities", "1").output == "probabilities"
+    expected = softmax(orange_logits(graph))
+    assert max(abs(p["score"] - expected[p["index"]]) for p in predictions) <= 1e-6
+    assert abs(sum(p["score"] for p in predictions) - 1) <= 3e-6
+
+
+def classify_orange(bucket: str, model: str) -> list[dict]:
+    orange = Image.new("RGB", (64, 48), (255, 128, 0))
+    response = client_for(bucket).post(f"/v1/models/{model}:classify", data=encode(orange, "PNG"),
+                                       content_type="image/png")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()["results"][0]["predictions"]
+
+
+def orange_logits(graph) -> np.ndarray:
+    """Independently of the service: the orange's mean colour (mean 0, std 1) through the graph's weights."""
     tensors = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.graph.initializer}
-    return tensors["weight"], tensors["bias"]
+    return np.array([1.0, 128 / 255, 0.0]) @ tensors["weight"] + tensors["bias"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max())
+    return exp / exp.sum()
 
 
 BAD_FILES = {
