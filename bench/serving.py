@@ -10,7 +10,7 @@ EfficientNet-Lite models, and measures, every figure the median over ``--repeats
 3. the same service with ``ENGINE=torch``, and the simplest servers a user could write around
    the same model.onnx (functions-framework, and Flask under gunicorn), side by side;
 4. fidelity: the served top-5 of real photos against the torch engine's;
-5. the inference lane A/B: forwards on the request threads against the lane at MAX_BATCH 1, 4, 8;
+5. an A/B of the engine's intra-op threads: one per forward against one per CPU (the default);
 6. a warm request broken into its parts, in process;
 7. resident memory with 3 models over a no-model baseline, against their ONNX bytes;
 8. optionally (``--bundle-size``, needs PyPI) the classify bundle's installed size.
@@ -76,7 +76,7 @@ def open_model(bucket: str, name: str = MODELS[0], engine: str = "onnxruntime"):
 
 
 def in_process(model, image: bytes, count: int) -> dict:
-    """The bare path in this process: decode + preprocess + forward, no HTTP, no lane."""
+    """The bare path in this process: decode + preprocess + forward, no HTTP."""
     def once() -> float:
         started = time.perf_counter()
         model.classify([model.prepare(image, max_pixels=10**8)], 5)
@@ -104,7 +104,6 @@ def request_profile(model, image: bytes, count: int, env: dict) -> dict:
 
     from imgclassify.bootstrap import create_http_app
     from imgclassify.images import decode_image
-    from imgclassify.inference import InferenceLane
     from imgclassify.predict import preprocess, scores, top_k
     from imgclassify.request_parsing import parse_classify_request
     from imgclassify.settings import Settings
@@ -120,7 +119,6 @@ def request_profile(model, image: bytes, count: int, env: dict) -> dict:
     decoded = decode_image(image, max_pixels=10**8, min_side=spec.resize)
     prepared = preprocess(decoded, spec)
     outputs = model.outputs([prepared])
-    lane = InferenceLane(max_batch=4)
     parts = {
         "werkzeug_request": lambda: request().get_data(),
         "parse_request": lambda: parse_classify_request(request(), path_model=None,
@@ -130,7 +128,6 @@ def request_profile(model, image: bytes, count: int, env: dict) -> dict:
         "preprocess": lambda: preprocess(decoded, spec),
         "forward": lambda: model.outputs([prepared]),
         "scores_top_k": lambda: top_k(scores(outputs, "logits"), model.manifest.labels, 5),
-        "forward_via_lane": lambda: lane.classify(model, [prepared], 5),
         "whole_app_in_process": lambda: app(request()),
     }
     app(request())
@@ -144,7 +141,6 @@ def request_profile(model, image: bytes, count: int, env: dict) -> dict:
             part()
             timings.append((time.perf_counter() - started) * 1000)
         result[name] = round(statistics.median(timings), 3)
-    result["lane_hand_off"] = round(result.pop("forward_via_lane") - result["forward"] - result["scores_top_k"], 3)
     return result
 
 
@@ -376,12 +372,11 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
             run["peers"][name] = measure_server(peer, small, count, (1, 8), per_client)
         finally:
             peer.stop()
-    run["lane_ab"] = {}
-    for label, env in (("request_threads", {"INFERENCE_LANE": "false"}), ("lane_batch_1", {"MAX_BATCH": "1"}),
-                       ("lane_batch_4", {"MAX_BATCH": "4"}), ("lane_batch_8", {"MAX_BATCH": "8"})):
+    run["threads_ab"] = {}
+    for label, env in (("engine_threads_1", {"ENGINE_THREADS": "1"}), ("engine_threads_per_cpu", {})):
         server = service(env, label)
         try:
-            run["lane_ab"][label] = {"p50_ms_1_client": latency(server.url, small, count)["p50_ms"],
+            run["threads_ab"][label] = {"p50_ms_1_client": latency(server.url, small, count)["p50_ms"],
                                      **{f"images_per_s_{c}_clients": throughput(server.url, small, c, per_client)
                                         for c in levels[1:]}}
         finally:
@@ -506,7 +501,7 @@ def print_table(result: dict) -> None:
               f"{measured['cpu_ms_per_image']:>8}")
     print(f"\nthroughput by clients: {rates}; 12 MP JPEG p50 {served['12mp_p50_ms']} ms")
     print("fidelity against the torch engine:", result["fidelity"])
-    print("inference lane A/B:", json.dumps(result["lane_ab"]))
+    print("intra-op threads A/B:", json.dumps(result["threads_ab"]))
     print("warm request, in process (ms):", json.dumps(result["profile"]))
     print("cold start phases (ms):", json.dumps(served["phases_ms"]))
     print("cost per million classifications ($):", {k: v for k, v in result["cost_per_million"].items()

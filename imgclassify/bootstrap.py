@@ -107,6 +107,8 @@ def create_http_app(function: str, settings: Settings | None = None) -> HttpApp:
     phases = {"python_and_imports": process_age_ms()}
     if function == "classify" and settings.preload_default_model:
         phases.update(preload_before_fork(app.service.registry))
+    elif function == "classify":  # the runtime is part of the instance, not of the first model
+        import_preferred_runtime(settings.engine_options())
     phases["create_app"] = round((time.perf_counter() - started) * 1000, 1)
     phases["process_age"] = process_age_ms()
     log.info("%s ready (store %s)", function, settings.model_store,

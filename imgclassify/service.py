@@ -7,11 +7,10 @@ The classify function and the tests call it; the listing operations live in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ServiceError
 from .image_sources import ImageSources
-from .inference import InferenceLane
 from .registry import ModelRegistry
 from .request_parsing import ClassifyRequest, ImageInput
 from .settings import Settings
@@ -22,12 +21,10 @@ class ClassifyService:
     settings: Settings
     registry: ModelRegistry
     sources: ImageSources
-    lane: InferenceLane = field(default_factory=InferenceLane)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClassifyService:
-        lane = InferenceLane(max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000)
-        return cls(settings, ModelRegistry.from_settings(settings), ImageSources.from_settings(settings), lane)
+        return cls(settings, ModelRegistry.from_settings(settings), ImageSources.from_settings(settings))
 
     def _prepare(self, model, image: ImageInput, index: int, count: int):
         """Fetch, decode and preprocess one image; errors name the image's index in a batch."""
@@ -43,16 +40,15 @@ class ClassifyService:
         """Classify every image of ``request`` with one model, as one batch, in input order."""
         started = time.perf_counter()
         model, cold = self.registry.get(request.model)
-        model.network()  # built by now, or here (waiting for a build already running): not on the lane
+        model.network()  # built by now, or here (waiting for a build already running)
         loaded = time.perf_counter()
-        with self.lane.preparing(model):
-            inputs = [self._prepare(model, image, index, len(request.images))
-                      for index, image in enumerate(request.images)]
+        inputs = [self._prepare(model, image, index, len(request.images))
+                  for index, image in enumerate(request.images)]
         prepared = time.perf_counter()
-        if self.settings.inference_lane:
-            predictions = self.lane.classify(model, inputs, request.top_k)
-        else:
-            predictions = model.classify(inputs, request.top_k)
+        # On the request thread: ONNX Runtime runs concurrent forwards on one session safely,
+        # and an A/B against a single lane thread with micro-batching (bench/serving.py, README)
+        # showed the lane no faster at 1 or 16 clients and slower at 8.
+        predictions = model.classify(inputs, request.top_k)
         finished = time.perf_counter()
         return {
             "model": {"name": model.manifest.name, "version": model.manifest.version,

@@ -78,9 +78,6 @@ class Settings:
     engine: str = "onnxruntime"
     engine_threads: int = 0            # 0: one per CPU the process may use
     google_cloud_project: str | None = None
-    inference_lane: bool = True
-    max_batch: int = 4
-    batch_window_ms: float = 5.0
     url_fetch_enabled: bool = True
     url_fetch_schemes: tuple[str, ...] = ("https",)
     url_allowed_networks: tuple[str, ...] = field(default_factory=tuple)
@@ -137,9 +134,6 @@ class Settings:
             engine=engine,
             engine_threads=_int(env, "ENGINE_THREADS", 0, 0, 256),
             google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
-            inference_lane=_bool(env, "INFERENCE_LANE", True),
-            max_batch=_int(env, "MAX_BATCH", 4, 1, 256),
-            batch_window_ms=_float(env, "BATCH_WINDOW_MS", 5.0, 0.0, 1000.0),
             url_fetch_enabled=_bool(env, "URL_FETCH_ENABLED", True),
             url_fetch_schemes=schemes,
             url_allowed_networks=networks,
