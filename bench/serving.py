@@ -271,7 +271,11 @@ def fidelity(onnx_url: str, torch_url: str) -> dict:
 
 
 def memory(stack: LocalStack, image: tuple[bytes, str], onnx_bytes: dict[str, int]) -> dict:
-    """Worker RSS with no model and with the three models, against their ONNX bytes."""
+    """Worker RSS with no model and with the three models, against their ONNX bytes.
+
+    Measured right after the models' first requests, and settled: once the service has given
+    freed pages back (at most every 10 s, after a request), as an instance does between bursts.
+    """
     port = free_port()
     process = spawn(function_command("classify", port), env={**stack.env(), "PRELOAD_DEFAULT_MODEL": "false"},
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -283,15 +287,24 @@ def memory(stack: LocalStack, image: tuple[bytes, str], onnx_bytes: dict[str, in
         for _ in range(20):  # the request path's own buffers, before any model
             session.post(url + "/v1/models/nope:classify", data=image[0], headers={"Content-Type": image[1]})
         baseline = rss_kib(process.pid, children_only=True)
+        after = []
         for model in onnx_bytes:
             for _ in range(5):
                 post(session, f"{url}/v1/models/{model}:classify", image)
-        three = rss_kib(process.pid, children_only=True)
+            after.append(rss_kib(process.pid, children_only=True))
+        time.sleep(10.5)
+        post(session, f"{url}/v1/models/{list(onnx_bytes)[-1]}:classify", image)
+        settled = rss_kib(process.pid, children_only=True)
     finally:
         stop(process)
-    return {"baseline_mb": round(baseline / 1024), "three_models_mb": round(three / 1024),
-            "onnx_mb": round(sum(onnx_bytes.values()) / 2**20, 1),
-            "ratio": round((three - baseline) * 1024 / sum(onnx_bytes.values()), 2)}
+    total = sum(onnx_bytes.values())
+    later = sum(list(onnx_bytes.values())[1:])
+    return {"baseline_mb": round(baseline / 1024), "three_models_mb": round(after[-1] / 1024),
+            "settled_mb": round(settled / 1024), "onnx_mb": round(total / 2**20, 1),
+            "ratio_first_requests": round((after[-1] - baseline) * 1024 / total, 2),
+            "ratio": round((settled - baseline) * 1024 / total, 2),
+            # models two and three alone: what each further model costs once the runtime is warm
+            "added_models_ratio": round((after[-1] - after[0]) * 1024 / later, 2)}
 
 
 def bundle_size(work: Path) -> dict:
@@ -488,9 +501,12 @@ def print_table(result: dict) -> None:
     ]
     if "memory" in result:
         memory_found = result["memory"]
-        rows.append(("RSS, 3 models over no-model baseline", f"{memory_found['three_models_mb']} MB "
+        rows.append(("RSS, 3 models over no-model baseline", f"{memory_found['settled_mb']} MB "
                      f"(base {memory_found['baseline_mb']})", f"{memory_found['onnx_mb']} MB of ONNX",
                      memory_found["ratio"], "<= 1.5"))
+        rows.append(("  right after their first requests", f"{memory_found['three_models_mb']} MB", "",
+                     memory_found["ratio_first_requests"], ""))
+        rows.append(("  models 2 and 3 alone / their ONNX bytes", "", "", memory_found["added_models_ratio"], ""))
     print(f"\n{'measure':<42} {'served':<24} {'reference':<40} {'ratio':>7}  target")
     for name, value, reference, ratio, target in rows:
         print(f"{name:<42} {value:<24} {reference:<40} {ratio!s:>7}  {target}")

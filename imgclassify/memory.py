@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import threading
+import time
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
@@ -32,3 +34,24 @@ def release_free_memory() -> None:
     """Give the pages of freed allocations back to the system (after a model is evicted)."""
     if _libc() is not None:
         _libc().malloc_trim(0)
+
+
+_last_release = 0.0
+_release_lock = threading.Lock()
+
+
+def release_free_memory_now_and_then(every_seconds: float = 10.0) -> None:
+    """:func:`release_free_memory`, at most once every ``every_seconds`` (it takes about a millisecond).
+
+    Called after each request: the decode buffers and activations of a burst of large
+    images are freed to the heap, which glibc would otherwise keep for good.
+    """
+    global _last_release
+    now = time.monotonic()
+    if now - _last_release < every_seconds or not _release_lock.acquire(blocking=False):
+        return
+    try:
+        _last_release = now
+        release_free_memory()
+    finally:
+        _release_lock.release()

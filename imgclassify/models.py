@@ -14,6 +14,7 @@ from .catalog import ArtifactRef, Manifest, version_dir
 from .engines import Engine, EngineOptions, Network, engine_for
 from .errors import IntegrityError, ObjectNotFound
 from .images import decode_image
+from .memory import release_free_memory
 from .predict import preprocess, scores, top_k
 from .storage import ObjectStore
 
@@ -63,6 +64,7 @@ class LoadedModel:
                 self.load_ms["build"] = round((built - started) * 1000, 1)
                 self.load_ms["warmup"] = round((time.perf_counter() - built) * 1000, 1)
                 self._network, self._data = network, None
+                release_free_memory()  # the bytes and the runtime's build buffers are gone: return their pages
             return self._network
 
     def prepare(self, data: bytes, *, max_pixels: int) -> np.ndarray:
