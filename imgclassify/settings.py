@@ -76,7 +76,7 @@ class Settings:
     download_slice_bytes: int = 8 * 2**20
     download_workers: int = 8
     engine: str = "onnxruntime"
-    engine_threads: int = 0            # 0: one per CPU the process may use
+    engine_threads: int = 1            # 0: one per CPU the process may use
     google_cloud_project: str | None = None
     url_fetch_enabled: bool = True
     url_fetch_schemes: tuple[str, ...] = ("https",)
@@ -132,7 +132,7 @@ class Settings:
             download_slice_bytes=_int(env, "DOWNLOAD_SLICE_MB", 8, 1, 1024) * 2**20,
             download_workers=_int(env, "DOWNLOAD_WORKERS", 8, 1, 64),
             engine=engine,
-            engine_threads=_int(env, "ENGINE_THREADS", 0, 0, 256),
+            engine_threads=_int(env, "ENGINE_THREADS", 1, 0, 256),
             google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
             url_fetch_enabled=_bool(env, "URL_FETCH_ENABLED", True),
             url_fetch_schemes=schemes,

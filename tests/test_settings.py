@@ -14,7 +14,7 @@ def test_defaults_apply_when_the_environment_is_empty():
     assert settings.cors_allowed_origins == ("*",)
     assert settings.allowed_gcs_buckets == ()
     assert settings.preload_default_model is True
-    assert settings.engine_options() == EngineOptions("onnxruntime", 0)
+    assert settings.engine_options() == EngineOptions("onnxruntime", 1)  # one thread per forward
 
 
 def test_every_variable_is_read_and_converted():
@@ -51,5 +51,7 @@ def test_bad_values_stop_the_start_with_a_message_naming_the_variable(name, valu
 
 
 def test_zero_engine_threads_means_one_per_cpu_this_process_may_use():
-    assert Settings.from_env({}).engine_options().intra_op_threads() == len(os.sched_getaffinity(0))
+    per_cpu = Settings.from_env({"ENGINE_THREADS": "0"}).engine_options()
+    assert per_cpu.intra_op_threads() == len(os.sched_getaffinity(0))
+    assert Settings.from_env({}).engine_options().intra_op_threads() == 1
     assert Settings.from_env({"ENGINE_THREADS": "3"}).engine_options().intra_op_threads() == 3
