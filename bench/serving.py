@@ -10,7 +10,7 @@ EfficientNet-Lite models, and measures, every figure the median over ``--repeats
 3. the same service with ``ENGINE=torch``, and the simplest servers a user could write around
    the same model.onnx (functions-framework, and Flask under gunicorn), side by side;
 4. fidelity: the served top-5 of real photos against the torch engine's;
-5. an A/B of the engine's intra-op threads: one per forward against one per CPU (the default);
+5. an A/B of the engine's intra-op threads: one per forward (the default) against one per CPU;
 6. a warm request broken into its parts, in process;
 7. resident memory with 3 models over a no-model baseline, against their ONNX bytes;
 8. optionally (``--bundle-size``, needs PyPI) the classify bundle's installed size.
@@ -386,7 +386,7 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
         finally:
             peer.stop()
     run["threads_ab"] = {}
-    for label, env in (("engine_threads_1", {"ENGINE_THREADS": "1"}), ("engine_threads_per_cpu", {})):
+    for label, env in (("engine_threads_1", {}), ("engine_threads_per_cpu", {"ENGINE_THREADS": "0"})):
         server = service(env, label)
         try:
             run["threads_ab"][label] = {"p50_ms_1_client": latency(server.url, small, count)["p50_ms"],
