@@ -44,8 +44,8 @@ class EngineOptions:
 
     preferred: str = DEFAULT_ENGINE
     # One thread per forward: concurrent requests then run side by side, one per core, with no
-    # pool threads to wake or oversubscribe (measured: 143 img/s at 8 clients on 2 CPUs, against
-    # 115 with two spinning threads per forward, which answer a lone request in 9.4 ms, not 11.2).
+    # pool threads to wake or oversubscribe. More images per second under load, a few ms more
+    # for a lone request (the benchmark's threads A/B; figures in the README's Performance).
     threads: int = 1          # 0: one per CPU this process may use
 
     def intra_op_threads(self) -> int:
@@ -119,7 +119,6 @@ class OnnxRuntimeEngine(Engine):
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle pool threads would spin for CPU that the request threads need to decode images.
         # Pool threads (only with more than one) spin between operators, trading CPU for latency:
         # whoever asks for them is after a lone request's latency.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.intra_op_num_threads > 1
