@@ -37,8 +37,10 @@ bundles:
 dev: venv
 	$(PYTHON) -m devstack.run
 
+# ruff, then the package's import rules (import-linter: [tool.importlinter] in pyproject.toml)
 lint: venv
 	$(PYTHON) -m ruff check imgclassify devstack functions bench tests scripts
+	$(VENV)/bin/lint-imports
 
 test: lint checkov-venv
 	$(PYTHON) -m pytest -q

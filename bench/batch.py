@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devstack.emulator import StorageEmulator  # noqa: E402
-from imgclassify.engines import EngineOptions  # noqa: E402
-from imgclassify.publish import publish_bundled  # noqa: E402
-from imgclassify.registry import ModelRegistry  # noqa: E402
-from imgclassify.storage import GcsStore  # noqa: E402
+from imgclassify.publish.cli import publish_bundled  # noqa: E402
+from imgclassify.runtime.engines import EngineOptions  # noqa: E402
+from imgclassify.runtime.registry import ModelRegistry  # noqa: E402
+from imgclassify.store.objects import GcsStore  # noqa: E402
 
 MODEL = "efficientnet_lite0"
 BUCKET = "bench-batch"
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(lambda item: inputs.write(f"{item[0]:05d}.jpg", item[1]), enumerate(images)))
 
         threads = int(os.environ.get("ENGINE_THREADS", "0"))
-        model, _ = ModelRegistry(store, cache_budget_bytes=2**31, catalog_ttl_seconds=3600,
+        model, _ = ModelRegistry.over(store, cache_budget_bytes=2**31, catalog_ttl_seconds=3600,
                                  engine_options=EngineOptions(threads=threads)).get(MODEL)
         forwards, tasks = [], []
         for repeat in range(args.repeats):

@@ -64,11 +64,11 @@ def percentile(values: list[float], q: float) -> float:
 # --- in process --------------------------------------------------------------------------------
 
 def open_model(bucket: str, name: str = MODELS[0], engine: str = "onnxruntime"):
-    from imgclassify.engines import EngineOptions
-    from imgclassify.registry import ModelRegistry
-    from imgclassify.storage import GcsStore
+    from imgclassify.runtime.engines import EngineOptions
+    from imgclassify.runtime.registry import ModelRegistry
+    from imgclassify.store.objects import GcsStore
 
-    registry = ModelRegistry(GcsStore(bucket), cache_budget_bytes=2**31, catalog_ttl_seconds=3600,
+    registry = ModelRegistry.over(GcsStore(bucket), cache_budget_bytes=2**31, catalog_ttl_seconds=3600,
                              engine_options=EngineOptions(engine))
     model, _ = registry.get(name)
     model.network()
@@ -102,10 +102,11 @@ def request_profile(model, image: bytes, count: int, env: dict) -> dict:
     from werkzeug.test import EnvironBuilder
     from werkzeug.wrappers import Request
 
-    from imgclassify.bootstrap import create_http_app
-    from imgclassify.images import decode_image
-    from imgclassify.predict import preprocess, scores, top_k
-    from imgclassify.request_parsing import parse_classify_request
+    from imgclassify.imaging.decode import decode_image
+    from imgclassify.imaging.preprocess import preprocess
+    from imgclassify.runtime.scores import scores, top_k
+    from imgclassify.serving.bootstrap import create_http_app
+    from imgclassify.serving.request_parsing import parse_classify_request
     from imgclassify.settings import Settings
 
     settings = Settings.from_env({**os.environ, **env, "PRELOAD_DEFAULT_MODEL": "false"})
@@ -416,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         stack = LocalStack(bucket=bucket, emulator=emulator, log_dir=work,
                            bundled_models=[MODELS[0]] if args.smoke else list(MODELS))
         stack.start_storage(log=lambda _: None)
-        from imgclassify.catalog import onnx_object, read_manifest
-        from imgclassify.storage import GcsStore
+        from imgclassify.store.catalog import onnx_object, read_manifest
+        from imgclassify.store.objects import GcsStore
 
         store = GcsStore(bucket)
         onnx_bytes = {m: store.info(onnx_object(m, "1")).size for m in (stack.bundled_models or MODELS)}

@@ -1,6 +1,6 @@
 """The local stand-in for API Gateway: the gateway's routes to the two functions, and web/.
 
-It follows :data:`imgclassify.routes.ROUTES`, the same table the gateway spec is built from.
+It follows :data:`imgclassify.serving.routes.ROUTES`, the same table the gateway spec is built from.
 
 Like the gateway, it reads a whole request before forwarding it, and it is as strict about
 HTTP framing as a front end must be (RFC 9112): the method must be a token, the request
@@ -25,8 +25,8 @@ from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 from imgclassify.errors import BackendUnavailable, InvalidRequest, NotFound, PayloadTooLarge, ServiceError
-from imgclassify.http import error_response
-from imgclassify.routes import match
+from imgclassify.serving.http import error_response
+from imgclassify.serving.routes import match
 
 # Hop-by-hop headers are the router's own business, not the backend's.
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",

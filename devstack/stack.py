@@ -12,7 +12,7 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
-from imgclassify.routes import FUNCTIONS
+from imgclassify.serving.routes import FUNCTIONS
 
 from .emulator import StorageEmulator
 from .processes import REPO, free_port, spawn, stop, wait_until_answers
@@ -60,8 +60,8 @@ class LocalStack:
 
     def start_storage(self, log=print) -> None:
         """Start the emulator, create the bucket and publish the bundled models that are missing."""
-        from imgclassify.publish import publish_bundled
-        from imgclassify.storage import open_store
+        from imgclassify.publish.cli import publish_bundled
+        from imgclassify.store.objects import open_store
 
         if self.emulator is None:
             log_path = self.log_dir / "emulator.log" if self.log_dir else None

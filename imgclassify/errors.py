@@ -2,8 +2,8 @@
 
 One class per machine-readable ``code``; each carries its HTTP ``status``. The API layer
 turns any of them into ``{"error": {"code", "message", "status"}}`` in one place
-(:func:`imgclassify.http.error_response`), and the public contract
-(:mod:`imgclassify.contract`) lists the codes from the classes here, so this module is the
+(:func:`imgclassify.serving.http.error_response`), and the public contract
+(:mod:`imgclassify.serving.contract`) lists the codes from the classes here, so this module is the
 single source of the error table. Messages say what was expected and what was found.
 
 Classes with ``in_api = False`` are raised by the publisher CLI or the local router only;
@@ -11,6 +11,8 @@ the HTTP API never answers with them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ServiceError(Exception):
@@ -319,3 +321,11 @@ def all_error_classes() -> list[type[ServiceError]]:
 def api_error_classes() -> list[type[ServiceError]]:
     """The error classes the HTTP API can answer with, by status then code."""
     return sorted((cls for cls in all_error_classes() if cls.in_api), key=lambda cls: (cls.status, cls.code))
+
+
+def shown_value(value: Any) -> str:
+    """A short description of a client's value for a message: never a deep repr (containers can
+    be nested a thousand levels, and repr() would recurse through all of them)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return repr(value if not isinstance(value, str) else value[:40])[:60]
+    return type(value).__name__

@@ -10,7 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .engines import ENGINES, EngineOptions
+# The engines of imgclassify.runtime.engines, the first the default (a unit test holds the two equal).
+ENGINES = ("onnxruntime", "torch")
 
 
 class ConfigError(ValueError):
@@ -82,9 +83,6 @@ class Settings:
     url_fetch_schemes: tuple[str, ...] = ("https",)
     url_allowed_networks: tuple[str, ...] = field(default_factory=tuple)
     url_fetch_timeout_seconds: float = 10.0
-
-    def engine_options(self) -> EngineOptions:
-        return EngineOptions(self.engine, self.engine_threads)
 
     def gcs_options(self) -> dict:
         """Keyword arguments for a GcsStore that follows these settings."""

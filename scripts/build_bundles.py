@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from imgclassify.routes import FUNCTIONS  # noqa: E402 - the one list of functions (standard library only)
+from imgclassify.serving.routes import FUNCTIONS  # noqa: E402 - the one list of functions (standard library only)
 
 PACKAGE = "imgclassify"
 PINS_FILE = REPO / "functions" / "requirements.txt"

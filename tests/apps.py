@@ -5,8 +5,8 @@ from __future__ import annotations
 from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
-from imgclassify.bootstrap import build_app
 from imgclassify.logs import configure_logging
+from imgclassify.serving.bootstrap import build_app
 from imgclassify.settings import Settings
 
 

@@ -13,9 +13,9 @@ import pytest
 
 from devstack.emulator import StorageEmulator
 from devstack.stack import LocalStack
-from imgclassify.publish import publish_bundled
-from imgclassify.routes import FUNCTIONS
-from imgclassify.storage import GcsStore
+from imgclassify.publish.cli import publish_bundled
+from imgclassify.serving.routes import FUNCTIONS
+from imgclassify.store.objects import GcsStore
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

@@ -15,8 +15,8 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from imgclassify.errors import ServiceError
-from imgclassify.images import decode_image
-from imgclassify.request_parsing import parse_classify_request
+from imgclassify.imaging.decode import decode_image
+from imgclassify.serving.request_parsing import parse_classify_request
 from tests.apps import client_for
 from tests.bad_inputs import cases, fresh
 from tests.photos import CAT_INDICES, cat_jpeg, encode
@@ -155,7 +155,7 @@ urls = st.one_of(
 @PROPERTY_SETTINGS
 @given(urls)
 def test_any_url_is_refused_with_a_4xx_or_checked_to_an_address_without_reaching_anything(url):
-    from imgclassify.url_fetch import UrlFetcher, UrlPolicy
+    from imgclassify.serving.url_fetch import UrlFetcher, UrlPolicy
 
     # A fixed public answer instead of DNS: what is under test is the parsing and the checks.
     fetcher = UrlFetcher(UrlPolicy(schemes=("https", "http")), resolver=lambda host, port: ["93.184.216.34"])
@@ -170,7 +170,7 @@ model_refs = st.one_of(st.text(max_size=120), st.from_regex(r"[a-z0-9][a-z0-9_.-
 @PROPERTY_SETTINGS
 @given(model_refs)
 def test_any_model_reference_is_a_valid_name_and_version_or_a_400_naming_which_part(ref):
-    from imgclassify.catalog import parse_model_ref
+    from imgclassify.store.catalog import parse_model_ref
 
     try:
         name, version = parse_model_ref(ref)
@@ -185,7 +185,7 @@ def test_any_model_reference_is_a_valid_name_and_version_or_a_400_naming_which_p
 @PROPERTY_SETTINGS
 @given(st.one_of(json_values, st.integers(), st.text(max_size=30), st.floats()))
 def test_any_top_k_value_is_a_whole_number_from_1_to_100_or_invalid_top_k(value):
-    from imgclassify.request_parsing import parse_top_k
+    from imgclassify.top_k import parse_top_k
 
     try:
         top_k = parse_top_k(value)

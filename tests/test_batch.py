@@ -27,7 +27,7 @@ from PIL import Image
 
 from devstack.stack import LocalStack
 from imgclassify import batch
-from imgclassify.storage import GcsStore, LocalStore, ObjectStore
+from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore
 from tests.photos import encode, real_photo
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,11 +25,11 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from devstack.processes import REPO, free_port, spawn, stop, wait_until_answers
-from imgclassify.engines import EngineOptions
-from imgclassify.publish import main as publish_main
-from imgclassify.publish import publish_bundled
-from imgclassify.registry import ModelRegistry
-from imgclassify.storage import GcsStore
+from imgclassify.publish.cli import main as publish_main
+from imgclassify.publish.cli import publish_bundled
+from imgclassify.runtime.engines import EngineOptions
+from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.store.objects import GcsStore
 from tests.photos import CAT_INDICES, cat_jpeg
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -135,7 +135,7 @@ def test_the_isolated_interpreter_cannot_import_the_repository_copy(tmp_path):
                            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "None"
-    plain = subprocess.run([sys.executable, "-I", "-c", "import imgclassify.routes as r; print(r.__file__)"],
+    plain = subprocess.run([sys.executable, "-I", "-c", "import imgclassify.serving.routes as r; print(r.__file__)"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert plain.stdout.startswith(str(REPO.resolve())), "the venv was expected to have the repo installed editable"
 
@@ -215,7 +215,7 @@ def new_bucket_module(emulator):
 
 def torch_probabilities(bucket: str, name: str, photo: bytes) -> np.ndarray:
     """What the torch engine, in this process, gives for ``photo`` on ``name``'s published weights."""
-    registry = ModelRegistry(GcsStore(bucket), cache_budget_bytes=2**30, catalog_ttl_seconds=0,
+    registry = ModelRegistry.over(GcsStore(bucket), cache_budget_bytes=2**30, catalog_ttl_seconds=0,
                              engine_options=EngineOptions("torch"))
     model, _ = registry.get(name)
     assert model.engine.name == "torch"

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from imgclassify.cache import ModelCache
 from imgclassify.errors import ModelLoading
+from imgclassify.runtime.cache import ModelCache
 
 WAIT = 10.0  # seconds; generous upper bound for every wait so a broken cache fails instead of hanging
 
@@ -320,7 +320,7 @@ def test_without_wait_seconds_a_waiter_waits_for_the_load():
 
 
 def test_model_load_wait_seconds_reaches_the_registry_cache(tmp_path):
-    from imgclassify.registry import ModelRegistry
+    from imgclassify.runtime.registry import ModelRegistry
     from imgclassify.settings import Settings
 
     settings = Settings.from_env({"MODEL_STORE": str(tmp_path), "MODEL_LOAD_WAIT_SECONDS": "7.5"})

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from imgclassify.catalog import (
+from imgclassify.errors import IntegrityError, InvalidRequest, UnknownModel, UnknownVersion
+from imgclassify.store.catalog import (
     CATALOG_OBJECT,
     SCHEMA_VERSION,
     Architecture,
@@ -23,8 +24,7 @@ from imgclassify.catalog import (
     read_manifest,
     weights_object,
 )
-from imgclassify.errors import IntegrityError, InvalidRequest, UnknownModel, UnknownVersion
-from imgclassify.storage import LocalStore
+from imgclassify.store.objects import LocalStore
 
 SHA = "ab" * 32
 

@@ -1,4 +1,4 @@
-"""The public contract (imgclassify/contract.py) is one document, and everything else agrees with it:
+"""The public contract (imgclassify/serving/contract.py) is one document, and everything else agrees with it:
 the route table, the error classes, the README's error table and the generated gateway spec."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.validation import OpenAPIV31SpecValidator
 
 from devstack.processes import REPO
-from imgclassify import errors, routes
-from imgclassify.contract import error_codes_by_status, openapi_document
+from imgclassify import errors
+from imgclassify.serving import routes
+from imgclassify.serving.contract import error_codes_by_status, openapi_document
 
 # What serves or runs the API (clients such as scripts/smoke.py may spell the codes they expect).
 SOURCE_DIRS = ("imgclassify", "devstack", "functions", "batch")

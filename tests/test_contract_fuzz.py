@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from imgclassify.contract import openapi_document
+from imgclassify.serving.contract import openapi_document
 from tests.photos import encode, real_photo
 
 pytestmark = pytest.mark.integration

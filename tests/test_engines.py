@@ -13,15 +13,15 @@ import pytest
 from onnx import helper, numpy_helper
 
 import imgclassify
-from imgclassify.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, onnx_object, read_manifest
-from imgclassify.engines import EngineOptions, OnnxRuntimeEngine, TorchEngine, engine_for
 from imgclassify.errors import EngineUnavailable, IntegrityError
-from imgclassify.models import load_model
-from imgclassify.predict import scores
-from imgclassify.publish import publish, serialize_weights
-from imgclassify.registry import ModelRegistry
+from imgclassify.publish.cli import publish, serialize_weights
+from imgclassify.runtime.engines import EngineOptions, OnnxRuntimeEngine, TorchEngine, engine_for
+from imgclassify.runtime.models import load_model
+from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.runtime.scores import scores
 from imgclassify.settings import Settings
-from imgclassify.storage import GcsStore, LocalStore
+from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, onnx_object, read_manifest
+from imgclassify.store.objects import GcsStore, LocalStore
 from tests.onnx_graphs import colour_classifier, serialized
 
 LABELS = ("red", "green", "blue")
@@ -100,8 +100,8 @@ def test_the_session_runs_engine_threads_intra_op_threads_and_one_inter_op_threa
 def test_the_engine_threads_setting_reaches_the_session_of_a_served_model(store):
     publish_graph(store, colour_classifier(3))
     settings = Settings.from_env({"MODEL_STORE": str(store.root), "ENGINE_THREADS": "2"})
-    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60,
-                             engine_options=settings.engine_options())
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60,
+                             engine_options=EngineOptions.from_settings(settings))
 
     model, _ = registry.get("tiny")
 

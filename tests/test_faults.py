@@ -14,9 +14,9 @@ import requests
 
 from devstack.processes import rss_kib
 from devstack.stack import LocalStack
-from imgclassify.catalog import ArtifactRef, manifest_object, onnx_object, read_manifest
-from imgclassify.publish import publish, remove, update_catalog
-from imgclassify.storage import GcsStore
+from imgclassify.publish.cli import publish, remove, update_catalog
+from imgclassify.store.catalog import ArtifactRef, manifest_object, onnx_object, read_manifest
+from imgclassify.store.objects import GcsStore
 from tests.apps import client_for
 from tests.counting_proxy import CountingProxy
 from tests.onnx_graphs import colour_classifier, serialized, with_external_data, with_foreign_node

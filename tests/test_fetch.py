@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from imgclassify.errors import ForbiddenSource, InvalidRequest, PayloadTooLarge
-from imgclassify.url_fetch import UrlFetcher, UrlFetchFailed, UrlPolicy, is_public
+from imgclassify.serving.url_fetch import UrlFetcher, UrlFetchFailed, UrlPolicy, is_public
 
 STUB_DNS = {
     "images.example": ["93.184.216.34"],

@@ -10,11 +10,11 @@ import requests
 import torch
 from PIL import Image
 
-from imgclassify.engines import EngineOptions
-from imgclassify.onnx_export import LOGIT_TOLERANCE
-from imgclassify.publish import bundled_state_dict_path
-from imgclassify.registry import ModelRegistry
-from imgclassify.storage import GcsStore
+from imgclassify.publish.cli import bundled_state_dict_path
+from imgclassify.publish.export import LOGIT_TOLERANCE
+from imgclassify.runtime.engines import EngineOptions
+from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.store.objects import GcsStore
 from tests.photos import encode, real_photo
 
 PHOTOS = ("chelsea", "coffee", "astronaut")
@@ -72,7 +72,7 @@ def assert_same_top5(got: np.ndarray, expected: np.ndarray) -> None:
 
 
 def registry_for(bucket: str, engine: str) -> ModelRegistry:
-    return ModelRegistry(GcsStore(bucket), cache_budget_bytes=2**30, catalog_ttl_seconds=60,
+    return ModelRegistry.over(GcsStore(bucket), cache_budget_bytes=2**30, catalog_ttl_seconds=60,
                          engine_options=EngineOptions(engine))
 
 

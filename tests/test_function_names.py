@@ -1,8 +1,8 @@
-"""The Cloud Functions are named once (imgclassify.routes.FUNCTIONS); every other list derives from it."""
+"""The Cloud Functions are named once (imgclassify.serving.routes.FUNCTIONS); every other list derives from it."""
 
 from pathlib import Path
 
-from imgclassify.routes import FUNCTIONS, ROOT_ROUTES, ROUTES
+from imgclassify.serving.routes import FUNCTIONS, ROOT_ROUTES, ROUTES
 
 REPO = Path(__file__).resolve().parent.parent
 

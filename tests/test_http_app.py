@@ -17,7 +17,7 @@ import functions_framework
 import numpy as np
 import pytest
 
-from imgclassify.storage import GcsStore
+from imgclassify.store.objects import GcsStore
 from tests.photos import CAT_INDICES, ESPRESSO_INDEX, cat_jpeg, coffee_jpeg, encode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -297,7 +297,7 @@ def test_each_request_logs_one_json_line_with_trace_model_and_latency(classify, 
 # --- The contract and the default model (issue 12) ---------------------------------------------
 
 def test_list_models_serves_the_openapi_document_cacheably_and_classify_does_not(list_models, classify):
-    from imgclassify.contract import openapi_document
+    from imgclassify.serving.contract import openapi_document
 
     response = list_models.get("/v1/openapi.json")
     again = list_models.get("/v1/openapi.json", headers={"If-None-Match": response.headers["ETag"]})

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from imgclassify.errors import PayloadTooLarge, ServiceError, UndecodableImage, UnsupportedMediaType
-from imgclassify.images import decode_image, pixel_budget
+from imgclassify.imaging.decode import decode_image, pixel_budget
 from tests.bad_inputs import (
     MISTYPED_EXIF_TAGS,
     ORIENTATION_6,

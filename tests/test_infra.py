@@ -28,7 +28,7 @@ from openapi_spec_validator.validation import OpenAPIV2SpecValidator
 
 import devstack.router
 from devstack.processes import REPO
-from imgclassify import routes
+from imgclassify.serving import routes
 
 TERRAFORM_DIR = REPO / "infra" / "terraform"
 SPEC_TEMPLATE = TERRAFORM_DIR / "openapi.yaml.tftpl"
@@ -371,7 +371,7 @@ def test_every_spec_path_answers_cors_preflight_without_a_key(spec):
 
 
 def test_spec_and_local_router_send_every_route_to_the_same_function(spec):
-    """The router dispatches with imgclassify.routes.match; the gateway with the spec."""
+    """The router dispatches with imgclassify.serving.routes.match; the gateway with the spec."""
     assert devstack.router.match is routes.match
     by_address = {address: function for function, address in BACKENDS.items()}
     by_address |= {address: "classify" for address in DEDICATED.values()}
@@ -664,9 +664,9 @@ def logged_entries(stack) -> list[dict]:
 
 
 def test_request_metrics_count_every_request_line_and_nothing_else(log_metrics, logged_entries):
-    import imgclassify.http
+    import imgclassify.serving.http
 
-    logger = imgclassify.http.log.name
+    logger = imgclassify.serving.http.log.name
     request_lines = [entry for entry in logged_entries if entry["jsonPayload"].get("logger") == logger]
     assert len(request_lines) >= 4
     assert [entry for entry in logged_entries if log_filter_matches(log_metrics["requests"]["filter"], entry)] == (
@@ -698,23 +698,24 @@ def test_request_metric_labels_come_from_fields_the_request_line_has(log_metrics
 
 
 def test_cold_start_metric_counts_each_instance_start_with_its_time(log_metrics, logged_entries):
-    import imgclassify.bootstrap
+    import imgclassify.serving.bootstrap
 
     starts = [entry for entry in logged_entries if log_filter_matches(log_metrics["cold_starts"]["filter"], entry)]
     ready = [entry for entry in logged_entries if "startup_ms" in entry["jsonPayload"]]
     assert {entry["resource"]["labels"]["service_name"] for entry in starts} == {
         "imgclassify-classify", "imgclassify-list-models"}, ready
     for entry in starts:
-        assert entry["jsonPayload"]["logger"] == imgclassify.bootstrap.log.name
+        assert entry["jsonPayload"]["logger"] == imgclassify.serving.bootstrap.log.name
         assert float(extract(log_metrics["cold_starts"]["value"], entry)) == entry["jsonPayload"]["startup_ms"][
             "process_age"] > 0
 
 
 def test_model_load_metric_counts_each_load_with_its_model_and_time(log_metrics, logged_entries):
-    import imgclassify.cache
+    import imgclassify.runtime.cache
 
     loads = [entry for entry in logged_entries if log_filter_matches(log_metrics["model_loads"]["filter"], entry)]
-    cache_lines = [entry for entry in logged_entries if entry["jsonPayload"].get("logger") == imgclassify.cache.log.name
+    cache_logger = imgclassify.runtime.cache.log.name
+    cache_lines = [entry for entry in logged_entries if entry["jsonPayload"].get("logger") == cache_logger
                    and entry["jsonPayload"]["message"].startswith("loaded ")]
     assert loads == cache_lines and loads
     models = {extract(log_metrics["model_loads"]["labels"]["model"]["extractor"], entry) for entry in loads}

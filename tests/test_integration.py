@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from devstack.stack import LocalStack
-from imgclassify.storage import GcsStore
+from imgclassify.store.objects import GcsStore
 from tests.counting_proxy import CountingProxy
 from tests.photos import CAT_INDICES, ESPRESSO_INDEX, cat_jpeg, coffee_jpeg
 

@@ -1,5 +1,5 @@
-"""What an ONNX file must be to be published or served: the rules of imgclassify.onnx_checks, and the
-publisher's trial run on real photos (imgclassify.onnx_export.check_onnx_file)."""
+"""What an ONNX file must be to be published or served: the rules of imgclassify.runtime.onnx_rules, and the
+publisher's trial run on real photos (imgclassify.publish.export.check_onnx_file)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import onnxruntime
 import pytest
 from onnx import TensorProto
 
-from imgclassify.catalog import Preprocessing
 from imgclassify.errors import InvalidModelFile
-from imgclassify.onnx_checks import GraphSignature, OnnxRuleViolation, check_onnx
-from imgclassify.onnx_export import CHECK_PHOTOS, check_batch, check_onnx_file
+from imgclassify.publish.export import CHECK_PHOTOS, check_batch, check_onnx_file
+from imgclassify.runtime.onnx_rules import GraphSignature, OnnxRuleViolation, check_onnx
+from imgclassify.store.catalog import Preprocessing
 from tests.onnx_graphs import (
     colour_classifier,
     serialized,

@@ -13,8 +13,14 @@ import torch
 from onnx import helper, numpy_helper
 from PIL import Image
 
-from imgclassify import onnx_export
-from imgclassify.catalog import (
+from imgclassify.errors import ExportMismatch
+from imgclassify.publish import export as onnx_export
+from imgclassify.publish.cli import main, publish_torch_module, serialize_weights, update_catalog
+from imgclassify.publish.export import LOGIT_TOLERANCE, check_batch, compare_logits
+from imgclassify.runtime.engines import EngineOptions, TorchEngine
+from imgclassify.runtime.onnx_rules import check_onnx
+from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.store.catalog import (
     Architecture,
     ArtifactRef,
     Manifest,
@@ -25,13 +31,7 @@ from imgclassify.catalog import (
     read_manifest,
     weights_object,
 )
-from imgclassify.engines import EngineOptions, TorchEngine
-from imgclassify.errors import ExportMismatch
-from imgclassify.onnx_checks import check_onnx
-from imgclassify.onnx_export import LOGIT_TOLERANCE, check_batch, compare_logits
-from imgclassify.publish import main, publish_torch_module, serialize_weights, update_catalog
-from imgclassify.registry import ModelRegistry
-from imgclassify.storage import GcsStore
+from imgclassify.store.objects import GcsStore
 from tests.apps import client_for
 from tests.onnx_graphs import (
     colour_classifier,
@@ -56,7 +56,7 @@ FRAMEWORK_MODELS = {
 
 
 def registry_for(bucket: str, engine: str = "onnxruntime") -> ModelRegistry:
-    return ModelRegistry(GcsStore(bucket), cache_budget_bytes=2**30, catalog_ttl_seconds=0,
+    return ModelRegistry.over(GcsStore(bucket), cache_budget_bytes=2**30, catalog_ttl_seconds=0,
                          engine_options=EngineOptions(engine))
 
 

@@ -4,7 +4,7 @@ import onnx
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from imgclassify.onnx_checks import ONNX_SUBSET, check_onnx
+from imgclassify.runtime.onnx_rules import ONNX_SUBSET, check_onnx
 
 # How a field of onnx.proto reads in ONNX_SUBSET's notation (enums are read as their int32 values).
 _KINDS = {FieldDescriptor.TYPE_STRING: "string", FieldDescriptor.TYPE_INT64: "int64",

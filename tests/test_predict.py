@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 from torchvision import transforms
 
-from imgclassify.catalog import Preprocessing
-from imgclassify.predict import preprocess, scores, top_k
+from imgclassify.imaging.preprocess import preprocess
+from imgclassify.runtime.scores import scores, top_k
+from imgclassify.store.catalog import Preprocessing
 from tests.photos import real_photo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def photo(request) -> Image.Image:
 
 
 def reference_preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
-    """Written from the torchvision recipe, independently of imgclassify.predict."""
+    """Written from the torchvision recipe, independently of imgclassify.runtime.scores."""
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = spec.resize, int(spec.resize * long / short)
@@ -184,8 +185,8 @@ def test_an_extreme_strip_gives_the_crop_shape_and_its_middle_colour(size):
 MEMORY_PROBE = """
 import json, resource, sys
 from PIL import Image
-from imgclassify.catalog import Preprocessing
-from imgclassify.predict import preprocess
+from imgclassify.store.catalog import Preprocessing
+from imgclassify.imaging.preprocess import preprocess
 image = Image.new("RGB", tuple(json.loads(sys.argv[1])), (10, 20, 30))
 spec = Preprocessing(resize=256, crop_size=224)
 preprocess(Image.new("RGB", (64, 64)), spec)  # warm up lazy imports and allocations

@@ -11,8 +11,18 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from imgclassify import onnx_export
-from imgclassify.catalog import (
+from imgclassify.errors import InvalidRequest, PublishError, UnknownVersion
+from imgclassify.publish import export as onnx_export
+from imgclassify.publish.cli import (
+    main,
+    next_version,
+    publish,
+    publish_framework_model,
+    remove,
+    serialize_weights,
+    update_catalog,
+)
+from imgclassify.store.catalog import (
     CATALOG_OBJECT,
     Architecture,
     ArtifactRef,
@@ -25,17 +35,7 @@ from imgclassify.catalog import (
     read_manifest,
     weights_object,
 )
-from imgclassify.errors import InvalidRequest, PublishError, UnknownVersion
-from imgclassify.publish import (
-    main,
-    next_version,
-    publish,
-    publish_framework_model,
-    remove,
-    serialize_weights,
-    update_catalog,
-)
-from imgclassify.storage import LocalStore
+from imgclassify.store.objects import LocalStore
 
 
 def tiny_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

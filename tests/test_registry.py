@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from imgclassify.catalog import Architecture, ArtifactRef, Manifest, Preprocessing
 from imgclassify.errors import UnknownModel, UnknownVersion
-from imgclassify.publish import publish
-from imgclassify.registry import ModelRegistry
-from imgclassify.storage import LocalStore
+from imgclassify.publish.cli import publish
+from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing
+from imgclassify.store.objects import LocalStore
 from tests.onnx_graphs import colour_classifier, serialized
 
 
@@ -31,7 +31,7 @@ def store(tmp_path):
 
 def test_latest_resolves_to_the_newest_version_once_the_ttl_has_passed(store):
     publish_tiny(store, "tiny", "1")
-    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=0.3)
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=0.3)
     assert registry.resolve("tiny") == ("tiny", "1")
 
     publish_tiny(store, "tiny", "2", seed=1)
@@ -45,7 +45,7 @@ def test_latest_resolves_to_the_newest_version_once_the_ttl_has_passed(store):
 
 def test_a_model_published_after_start_is_found_at_once_despite_a_long_ttl(store):
     publish_tiny(store, "first", "1")
-    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=3600)
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=3600)
     registry.resolve("first")
 
     publish_tiny(store, "second", "1")
@@ -56,7 +56,7 @@ def test_a_model_published_after_start_is_found_at_once_despite_a_long_ttl(store
 
 def test_unknown_names_and_versions_raise_404_errors(store):
     publish_tiny(store, "tiny", "1")
-    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
 
     with pytest.raises(UnknownModel):
         registry.resolve("nope")
@@ -65,7 +65,7 @@ def test_unknown_names_and_versions_raise_404_errors(store):
 
 
 def test_no_model_means_a_clear_unknown_model_error_for_the_default(store):
-    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
 
     with pytest.raises(UnknownModel, match="no model is published"):
         registry.resolve(None)
@@ -74,14 +74,14 @@ def test_no_model_means_a_clear_unknown_model_error_for_the_default(store):
 def test_configured_default_wins_over_the_catalogs(store):
     publish_tiny(store, "a", "1")
     publish_tiny(store, "b", "1")
-    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60, default_model="b")
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60, default_model="b")
 
     assert registry.resolve(None) == ("b", "1")
 
 
 def test_get_loads_once_and_reports_cold_then_warm(store):
     publish_tiny(store, "tiny", "1")
-    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
 
     first, first_cold = registry.get("tiny")
     second, second_cold = registry.get("tiny@1")
@@ -94,7 +94,7 @@ def test_get_loads_once_and_reports_cold_then_warm(store):
 
 def test_a_loaded_model_is_built_on_first_use_and_once(store):
     publish_tiny(store, "tiny", "1")
-    registry = ModelRegistry(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=60)
     model, _ = registry.get("tiny")
     assert not model.built
 

@@ -6,7 +6,8 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from imgclassify.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from imgclassify.request_parsing import parse_classify_request, parse_top_k
+from imgclassify.serving.request_parsing import parse_classify_request
+from imgclassify.top_k import parse_top_k
 
 
 def request(**kwargs) -> Request:

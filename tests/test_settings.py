@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from imgclassify.engines import EngineOptions
+from imgclassify.runtime.engines import EngineOptions
 from imgclassify.settings import ConfigError, Settings
 
 
@@ -14,7 +14,7 @@ def test_defaults_apply_when_the_environment_is_empty():
     assert settings.cors_allowed_origins == ("*",)
     assert settings.allowed_gcs_buckets == ()
     assert settings.preload_default_model is True
-    assert settings.engine_options() == EngineOptions("onnxruntime", 1)  # one thread per forward
+    assert EngineOptions.from_settings(settings) == EngineOptions("onnxruntime", 1)  # one thread per forward
 
 
 def test_every_variable_is_read_and_converted():
@@ -36,7 +36,7 @@ def test_every_variable_is_read_and_converted():
     assert settings.max_images_per_request == 4
     assert settings.allowed_gcs_buckets == ("a", "b")
     assert settings.cors_allowed_origins == ("https://x.example",)
-    assert settings.engine_options() == EngineOptions("torch", 2)
+    assert EngineOptions.from_settings(settings) == EngineOptions("torch", 2)
     assert settings.download_slice_bytes == 16 * 2**20
 
 
@@ -51,7 +51,15 @@ def test_bad_values_stop_the_start_with_a_message_naming_the_variable(name, valu
 
 
 def test_zero_engine_threads_means_one_per_cpu_this_process_may_use():
-    per_cpu = Settings.from_env({"ENGINE_THREADS": "0"}).engine_options()
+    per_cpu = EngineOptions.from_settings(Settings.from_env({"ENGINE_THREADS": "0"}))
     assert per_cpu.intra_op_threads() == len(os.sched_getaffinity(0))
-    assert Settings.from_env({}).engine_options().intra_op_threads() == 1
-    assert Settings.from_env({"ENGINE_THREADS": "3"}).engine_options().intra_op_threads() == 3
+    assert EngineOptions.from_settings(Settings.from_env({})).intra_op_threads() == 1
+    assert EngineOptions.from_settings(Settings.from_env({"ENGINE_THREADS": "3"})).intra_op_threads() == 3
+
+
+def test_the_engine_setting_offers_exactly_the_engines_the_runtime_has():
+    from imgclassify import settings
+    from imgclassify.runtime import engines
+
+    assert settings.ENGINES == engines.ENGINES
+    assert Settings().engine == engines.DEFAULT_ENGINE == engines.ENGINES[0]

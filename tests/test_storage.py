@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-import imgclassify.storage as storage
+import imgclassify.store.objects as storage
 from imgclassify.errors import InvalidGcsUri, StorageUnavailable
-from imgclassify.storage import (
+from imgclassify.store.objects import (
     GcsStore,
     GenerationMismatch,
     LocalStore,

@@ -2,7 +2,7 @@
 
 import functions_framework
 
-from imgclassify.bootstrap import create_http_app
+from imgclassify.serving.bootstrap import create_http_app
 
 app = create_http_app("list_models")
 

@@ -7,10 +7,11 @@ import logging
 import os
 from collections.abc import Mapping
 
-from ..errors import ServiceError
-from ..logs import configure_logging
-from ..request_parsing import parse_top_k
-from ..settings import ConfigError, Settings
+from imgclassify.errors import ServiceError
+from imgclassify.logs import configure_logging
+from imgclassify.settings import ConfigError, Settings
+from imgclassify.top_k import parse_top_k
+
 from .plan import BatchConfigError, BatchOptions
 from .task import run_task
 

@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..catalog import parse_model_ref
-from ..registry import ModelRegistry
-from ..storage import GenerationMismatch, ObjectNotFound, ObjectStore
+from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.store.catalog import parse_model_ref
+from imgclassify.store.objects import GenerationMismatch, ObjectNotFound, ObjectStore
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 JOB_OBJECT = "job.json"

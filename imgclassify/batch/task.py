@@ -8,9 +8,10 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
-from ..registry import ModelRegistry
-from ..settings import Settings
-from ..storage import open_store
+from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.settings import Settings
+from imgclassify.store.objects import open_store
+
 from .pipeline import classify_chunks, read_chunk_counts
 from .plan import BatchOptions, chunked, completed_chunks, pin_job, pin_plan, task_dir
 from .progress import Progress

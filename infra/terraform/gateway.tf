@@ -2,10 +2,10 @@
 
 locals {
   # The spec is rendered from openapi.yaml.tftpl, whose routes tests/test_infra.py checks against
-  # imgclassify/routes.py (the table the functions and the local router follow).
+  # imgclassify/serving/routes.py (the table the functions and the local router follow).
   # Backends are the Cloud Run URLs of the functions (service_config.uri, not the
   # cloudfunctions.net url): with APPEND_PATH_TO_ADDRESS the function then receives the full
-  # request path, /v1/..., which is what imgclassify/http.py routes on.
+  # request path, /v1/..., which is what imgclassify/serving/http.py routes on.
   openapi_spec = templatefile("${path.module}/openapi.yaml.tftpl", {
     title = "${var.name_prefix} image classification"
     list_models = {

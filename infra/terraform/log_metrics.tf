@@ -3,7 +3,7 @@
 # on nothing but var.name_prefix, so tests/test_infra.py evaluates this very file with
 # `terraform console` and matches every filter and extractor against real log lines.
 #
-# Where the fields come from: imgclassify/http.py logs one JSON line per request, and
+# Where the fields come from: imgclassify/serving/http.py logs one JSON line per request, and
 # imgclassify/logs.py formats every line. A gen2 function is a Cloud Run service of the same
 # name, whose stdout lines become entries with resource.type "cloud_run_revision"; in a JSON
 # line, "severity", "httpRequest" and "logging.googleapis.com/trace" become the entry's own
@@ -21,7 +21,7 @@ locals {
     requests = {
       name         = "${var.name_prefix}/requests"
       display_name = "${var.name_prefix} requests"
-      description  = "Responses of the imgclassify functions, one per request line (imgclassify/http.py)."
+      description  = "Responses of the imgclassify functions, one per request line (imgclassify/serving/http.py)."
       filter       = local.request_log_filter
       value_type   = "INT64"
       unit         = "1"
@@ -50,13 +50,13 @@ locals {
       }
     }
 
-    # One "ready" line per instance start (imgclassify/bootstrap.py): the count is the cold
+    # One "ready" line per instance start (imgclassify/serving/bootstrap.py): the count is the cold
     # starts, the value how long the process took to be ready.
     cold_starts = {
       name         = "${var.name_prefix}/cold_starts"
       display_name = "${var.name_prefix} cold starts"
       description  = "Instance starts of the functions, valued by the ms from process start to ready (startup_ms.process_age)."
-      filter       = "${local.function_log_filter} AND jsonPayload.logger=\"imgclassify.bootstrap\" AND jsonPayload.startup_ms.process_age>=0"
+      filter       = "${local.function_log_filter} AND jsonPayload.logger=\"imgclassify.serving.bootstrap\" AND jsonPayload.startup_ms.process_age>=0"
       value_type   = "DISTRIBUTION"
       unit         = "ms"
       value        = "EXTRACT(jsonPayload.startup_ms.process_age)"
@@ -64,12 +64,12 @@ locals {
       labels       = {}
     }
 
-    # One line per model loaded into an instance's cache (imgclassify/cache.py), with its time.
+    # One line per model loaded into an instance's cache (imgclassify/runtime/cache.py), with its time.
     model_loads = {
       name         = "${var.name_prefix}/model_loads"
       display_name = "${var.name_prefix} model loads"
       description  = "Models loaded into a function's warm cache, valued by the load time in ms."
-      filter       = "${local.function_log_filter} AND jsonPayload.logger=\"imgclassify.cache\" AND jsonPayload.message=~\"^loaded \""
+      filter       = "${local.function_log_filter} AND jsonPayload.logger=\"imgclassify.runtime.cache\" AND jsonPayload.message=~\"^loaded \""
       value_type   = "DISTRIBUTION"
       unit         = "ms"
       value        = "REGEXP_EXTRACT(jsonPayload.message, \"in ([0-9]+) ms\")"

@@ -26,9 +26,9 @@ from werkzeug.wrappers import Request, Response
 
 from devstack.processes import free_port
 from devstack.stack import LocalStack
-from imgclassify.publish import main as publish_cli
-from imgclassify.publish import publish_bundled, remove
-from imgclassify.storage import GcsStore
+from imgclassify.publish.cli import main as publish_cli
+from imgclassify.publish.cli import publish_bundled, remove
+from imgclassify.store.objects import GcsStore
 from tests.counting_proxy import CountingProxy
 from tests.photos import cat_jpeg
 from tests.web.browser import ANSWER_TIMEOUT_MS, top_label, write_file

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from imgclassify.storage import GcsStore
+from imgclassify.store.objects import GcsStore
 from tests.photos import cat_jpeg, coffee_jpeg, encode, real_photo
 from tests.web.browser import ANSWER_TIMEOUT_MS, ARTIFACTS, top_label, transfer_handle, write_file
 

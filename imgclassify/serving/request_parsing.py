@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request
 
-from .errors import (
+from imgclassify.errors import (
     ConflictingModel,
     EmptyBody,
     InvalidBase64,
@@ -29,49 +28,12 @@ from .errors import (
     PayloadTooLarge,
     TooManyImages,
     UnsupportedMediaType,
+    shown_value,
 )
-from .storage import split_object_uri
+from imgclassify.store.objects import split_object_uri
+from imgclassify.top_k import parse_top_k
 
-DEFAULT_TOP_K = 5
-MAX_TOP_K = 100
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """One image of a request: its bytes, or where to get them."""
-
-    data: bytes | None = None
-    gcs_uri: str | None = None
-    url: str | None = None
-
-
-@dataclass(frozen=True)
-class ClassifyRequest:
-    model: str | None
-    top_k: int
-    images: tuple[ImageInput, ...]
-
-
-def _shown(value: Any) -> str:
-    """A short description of a client's value for a message: never a deep repr (containers can
-    be nested a thousand levels, and repr() would recurse through all of them)."""
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return repr(value if not isinstance(value, str) else value[:40])[:60]
-    return type(value).__name__
-
-
-def parse_top_k(value: Any) -> int:
-    """``top_k`` as an int in 1..100; strings of digits are accepted (query parameters)."""
-    if value is None:
-        return DEFAULT_TOP_K
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InvalidTopK(f"top_k must be a whole number from 1 to {MAX_TOP_K}, found {_shown(value)}")
-    if isinstance(value, str) and not (value.isascii() and value.strip().lstrip("+-").isdigit() and len(value) < 20):
-        raise InvalidTopK(f"top_k must be a whole number from 1 to {MAX_TOP_K}, found {_shown(value)}")
-    number = int(value)
-    if not 1 <= number <= MAX_TOP_K:
-        raise InvalidTopK(f"top_k must be from 1 to {MAX_TOP_K}, found {_shown(number)}")
-    return number
+from .inputs import ClassifyRequest, ImageInput
 
 
 def _choose_model(path_model: str | None, query_model: str | None, body_model: Any) -> str | None:
@@ -79,7 +41,7 @@ def _choose_model(path_model: str | None, query_model: str | None, body_model: A
         raise InvalidModelName(f"model must be a string, found {type(body_model).__name__}")
     given = [m for m in (path_model, query_model, body_model) if m not in (None, "")]
     if len(set(given)) > 1:
-        raise ConflictingModel(f"the request names different models: {', '.join(_shown(m) for m in given)}")
+        raise ConflictingModel(f"the request names different models: {', '.join(shown_value(m) for m in given)}")
     return given[0] if given else None
 
 

@@ -1,13 +1,24 @@
-"""Preprocessing, scores and top-k: the model's part of a request around the engine's forward."""
+"""Preprocessing: resize, centre crop and normalise a decoded image into the model's input."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from .catalog import Preprocessing
+
+class PreprocessingSpec(Protocol):
+    """What preprocessing needs of a model (a manifest's ``Preprocessing`` has these fields)."""
+
+    resize: int
+    crop_size: int
+    interpolation: str
+    mean: Sequence[float]
+    std: Sequence[float]
+
 
 _RESAMPLE = {
     "nearest": Image.NEAREST,
@@ -33,7 +44,7 @@ def _central_band(image: Image.Image) -> Image.Image:
     return image
 
 
-def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+def preprocess(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     """Resize the shorter side to ``spec.resize``, centre-crop ``spec.crop_size``, normalise.
 
     Matches torchvision's ``Resize(int)`` + ``CenterCrop`` + ``ToTensor`` + ``Normalize``
@@ -64,23 +75,3 @@ def _normalising_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.nd
     """(3, 256) float32: what ``ToTensor`` + ``Normalize`` make of each 8-bit value of each channel."""
     values = np.arange(256, dtype=np.float64) / 255
     return ((values[None, :] - np.asarray(mean)[:, None]) / np.asarray(std)[:, None]).astype(np.float32)
-
-
-def scores(outputs: np.ndarray, kind: str = "logits") -> np.ndarray:
-    """Probabilities from a model's output rows: softmax of logits; probabilities pass through."""
-    outputs = np.asarray(outputs, dtype=np.float32)
-    if kind == "probabilities":
-        return outputs
-    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[list[dict]]:
-    """The ``k`` most likely labels of each row, most likely first (ties: lower index first)."""
-    k = min(k, probabilities.shape[1])
-    rows = []
-    for row in np.asarray(probabilities):
-        best = np.argsort(-row, kind="stable")[:k]  # stable: equal scores keep index order
-        rows.append([{"label": labels[index], "index": int(index), "score": round(float(row[index]), 6)}
-                     for index in best])
-    return rows

@@ -11,8 +11,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .catalog import Architecture
-from .errors import ArchitectureUnavailable, IntegrityError
+from imgclassify.errors import ArchitectureUnavailable, IntegrityError
+from imgclassify.store.catalog import Architecture
 
 
 def _efficientnet_lite(builder: str, kwargs: dict[str, Any], pretrained: bool):

@@ -1,7 +1,7 @@
 """What is published: the catalog, re-read on a short TTL, and how a model reference resolves.
 
 Both functions use it: ``list_models`` on its own (it never loads a model, so it imports no
-engine, numpy or Pillow), ``classify`` through :class:`imgclassify.registry.ModelRegistry`.
+engine, numpy or Pillow), ``classify`` through :class:`imgclassify.runtime.registry.ModelRegistry`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import logging
 import threading
 import time
 
+from imgclassify.errors import StorageUnavailable, UnknownModel, UnknownVersion
+
 from .catalog import Catalog, parse_model_ref, read_catalog
-from .errors import StorageUnavailable, UnknownModel, UnknownVersion
-from .storage import ObjectStore
+from .objects import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The ``classify`` operation, free of any web framework: fetch, decode, preprocess, run, top-k.
 
 The classify function and the tests call it; the listing operations live in
-:mod:`imgclassify.listing`.
+:mod:`imgclassify.serving.listing`.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .errors import ServiceError
+from imgclassify.errors import ServiceError
+from imgclassify.memory import release_free_memory_now_and_then
+from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.settings import Settings
+
 from .image_sources import ImageSources
-from .memory import release_free_memory_now_and_then
-from .registry import ModelRegistry
-from .request_parsing import ClassifyRequest, ImageInput
-from .settings import Settings
+from .inputs import ClassifyRequest, ImageInput
 
 
 @dataclass

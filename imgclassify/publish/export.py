@@ -5,7 +5,7 @@ functions. Every graph is checked on real photos before anything is written:
 
 - exported from torch: ONNX Runtime's logits equal the torch module's within
   :data:`LOGIT_TOLERANCE` and the top-5 order is the same (:func:`export_checked`);
-- brought as a file: the rules of :mod:`imgclassify.onnx_checks`, a size limit, and a trial run
+- brought as a file: the rules of :mod:`imgclassify.runtime.onnx_rules`, a size limit, and a trial run
   whose output has one row per image and one column per label (:func:`check_onnx_file`).
 """
 
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .catalog import Preprocessing
-from .errors import ExportMismatch, InvalidModelFile
-from .onnx_checks import GraphSignature, OnnxRuleViolation, check_onnx
-from .predict import preprocess
+from imgclassify.errors import ExportMismatch, InvalidModelFile
+from imgclassify.imaging.preprocess import preprocess
+from imgclassify.runtime.onnx_rules import GraphSignature, OnnxRuleViolation, check_onnx
+from imgclassify.store.catalog import Preprocessing
 
 log = logging.getLogger(__name__)
 

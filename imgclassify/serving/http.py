@@ -3,7 +3,7 @@
 Framework-free: takes a werkzeug ``Request`` (Flask's request is one) and returns a werkzeug
 ``Response``; functions-framework, the local router and tests all call an :class:`HttpApp`.
 Each function's own routes are handled by a subclass in a module of its own
-(:mod:`imgclassify.classify_app`, :mod:`imgclassify.list_models_app`), so that a function
+(:mod:`imgclassify.serving.classify_app`, :mod:`imgclassify.serving.list_models_app`), so that a function
 imports only what it serves.
 """
 
@@ -15,10 +15,11 @@ import time
 
 from werkzeug.wrappers import Request, Response
 
-from .errors import MethodNotAllowed, NotFound, ServiceError
-from .logs import trace_fields
+from imgclassify.errors import MethodNotAllowed, NotFound, ServiceError
+from imgclassify.logs import trace_fields
+from imgclassify.settings import Settings
+
 from .routes import ROOT_ROUTES, Route, match
-from .settings import Settings
 
 log = logging.getLogger("imgclassify.requests")
 

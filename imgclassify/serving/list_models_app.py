@@ -10,11 +10,12 @@ import hashlib
 
 from werkzeug.wrappers import Request, Response
 
+from imgclassify.settings import Settings
+
 from .contract import openapi_document
 from .http import HttpApp, json_response
 from .listing import ModelListing
 from .routes import Route
-from .settings import Settings
 
 
 class ListModelsApp(HttpApp):
@@ -36,3 +37,13 @@ class ListModelsApp(HttpApp):
         response.set_etag(hashlib.sha256(response.get_data()).hexdigest()[:32])
         response.headers["Cache-Control"] = f"public, max-age={int(self.settings.catalog_ttl_seconds)}"
         return response.make_conditional(request)
+
+
+def build(settings: Settings) -> ListModelsApp:
+    """The list_models app over ``settings``: the catalog's view and the cache lifetime."""
+    return ListModelsApp(ModelListing.from_settings(settings), settings)
+
+
+def warm(app: ListModelsApp, settings: Settings) -> dict[str, float]:
+    """Nothing to do before serving: the first request reads the catalog."""
+    return {}

@@ -5,10 +5,10 @@ Reads the catalog and manifests only: importing this module loads no engine, num
 
 from __future__ import annotations
 
-from .catalog import read_manifest
-from .catalog_view import CatalogView
-from .settings import Settings
-from .storage import open_store
+from imgclassify.settings import Settings
+from imgclassify.store.catalog import read_manifest
+from imgclassify.store.catalog_view import CatalogView
+from imgclassify.store.objects import open_store
 
 
 class ModelListing:

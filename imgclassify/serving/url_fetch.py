@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from .errors import ForbiddenSource, InvalidUrl, PayloadTooLarge, UrlFetchFailed
+from imgclassify.errors import ForbiddenSource, InvalidUrl, PayloadTooLarge, UrlFetchFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]

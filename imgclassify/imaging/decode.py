@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageTooLarge, PixelBudgetExceeded, UndecodableImage, UnsupportedImageFormat
+from imgclassify.errors import ImageTooLarge, PixelBudgetExceeded, UndecodableImage, UnsupportedImageFormat
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
-from .errors import ModelLoading
+from imgclassify.errors import ModelLoading
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

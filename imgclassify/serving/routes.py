@@ -1,6 +1,6 @@
 """The public routes of the HTTP contract, and which function serves each.
 
-The functions, the local router, the OpenAPI document (:mod:`imgclassify.contract`) and,
+The functions, the local router, the OpenAPI document (:mod:`imgclassify.serving.contract`) and,
 through it, the gateway spec all follow this one table.
 """
 

@@ -1,6 +1,6 @@
 """The public HTTP contract: one OpenAPI 3.1 document of the whole v1 API, built from one source.
 
-Paths and methods come from the route table (:data:`imgclassify.routes.ROUTES`), error codes
+Paths and methods come from the route table (:data:`imgclassify.serving.routes.ROUTES`), error codes
 and statuses from the error classes (:mod:`imgclassify.errors`), name patterns from the
 catalog's own checks, and the request and response shapes are written once, here.
 ``list_models`` serves the document at ``GET /v1/openapi.json``; the API Gateway spec
@@ -15,9 +15,10 @@ import copy
 import functools
 from typing import Any
 
-from . import catalog
-from .errors import ServiceError, api_error_classes
-from .request_parsing import DEFAULT_TOP_K, MAX_TOP_K
+from imgclassify.errors import ServiceError, api_error_classes
+from imgclassify.store import catalog
+from imgclassify.top_k import DEFAULT_TOP_K, MAX_TOP_K
+
 from .routes import ROUTES, Route
 
 OPENAPI_VERSION = "3.1.0"

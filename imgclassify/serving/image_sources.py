@@ -1,29 +1,17 @@
 """Where an input image's bytes come from: the request itself, an allowed bucket, or a URL.
 
-The API reads all three; the batch job reads objects of its input prefix through
-:func:`read_image_object`, under the same size limit.
+The API reads all three; objects are read by :func:`imgclassify.store.objects.read_limited`,
+which the batch job uses for its input prefix under the same size limit.
 """
 
 from __future__ import annotations
 
-from .errors import ForbiddenSource, ObjectNotFound, PayloadTooLarge
-from .request_parsing import ImageInput
-from .settings import Settings
-from .storage import GcsStore, ObjectStore, split_gs_uri
+from imgclassify.errors import ForbiddenSource
+from imgclassify.settings import Settings
+from imgclassify.store.objects import GcsStore, read_limited, split_gs_uri
+
+from .inputs import ImageInput
 from .url_fetch import UrlFetcher, UrlPolicy
-
-
-def read_image_object(store: ObjectStore, name: str, max_bytes: int) -> bytes:
-    """An image object's bytes; 413 before downloading anything larger than ``max_bytes``."""
-    info = store.info(name)
-    if info is None:
-        raise ObjectNotFound(f"{store.uri}/{name} does not exist")
-    if info.size > max_bytes:
-        raise PayloadTooLarge(f"{store.uri}/{name} has {info.size} bytes; the limit is {max_bytes}")
-    data = store.read(name).data
-    if len(data) > max_bytes:  # replaced by a larger object since
-        raise PayloadTooLarge(f"{store.uri}/{name} has {len(data)} bytes; the limit is {max_bytes}")
-    return data
 
 
 class ImageSources:
@@ -50,7 +38,7 @@ class ImageSources:
             bucket, name = split_gs_uri(image.gcs_uri)
             if bucket not in self.settings.allowed_gcs_buckets:
                 raise ForbiddenSource(f"bucket {bucket!r} is not one this service may read from")
-            return read_image_object(GcsStore(bucket, **self.settings.gcs_options()), name,
+            return read_limited(GcsStore(bucket, **self.settings.gcs_options()), name,
                                      self.settings.max_request_bytes)
         if self.url_fetcher is None:
             raise ForbiddenSource("URL input is not enabled on this deployment; upload the image or use gcs_uri")

@@ -23,8 +23,16 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .errors import IntegrityError, InvalidModelName, InvalidModelVersion, InvalidRequest, UnknownModel, UnknownVersion
-from .storage import ObjectNotFound, ObjectStore
+from imgclassify.errors import (
+    IntegrityError,
+    InvalidModelName,
+    InvalidModelVersion,
+    InvalidRequest,
+    UnknownModel,
+    UnknownVersion,
+)
+
+from .objects import ObjectNotFound, ObjectStore
 
 SCHEMA_VERSION = 2
 CATALOG_OBJECT = "models/catalog.json"

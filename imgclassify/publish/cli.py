@@ -1,7 +1,7 @@
 """Publish models into a store: ``python -m imgclassify.publish --help``.
 
 A model built with torch (bundled, torchvision, timm, a local state dict) is exported to
-ONNX and proven on real photos before anything is written (:mod:`imgclassify.onnx_export`);
+ONNX and proven on real photos before anything is written (:mod:`imgclassify.publish.export`);
 its version holds ``model.onnx`` (what the functions serve) beside ``weights.safetensors``.
 An ONNX file from any framework is published through the same checks (``publish onnx``).
 
@@ -28,7 +28,17 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .catalog import (
+from imgclassify.errors import (
+    GenerationMismatch,
+    InvalidRequest,
+    InvalidWeights,
+    PublishError,
+    ServiceError,
+    UnknownModel,
+    UnknownVersion,
+    VersionExists,
+)
+from imgclassify.store.catalog import (
     ARTIFACT_FILENAMES,
     CATALOG_OBJECT,
     INTERPOLATIONS,
@@ -47,17 +57,7 @@ from .catalog import (
     read_catalog,
     read_manifest,
 )
-from .errors import (
-    GenerationMismatch,
-    InvalidRequest,
-    InvalidWeights,
-    PublishError,
-    ServiceError,
-    UnknownModel,
-    UnknownVersion,
-    VersionExists,
-)
-from .storage import ObjectStore, open_store
+from imgclassify.store.objects import ObjectStore, open_store
 
 _CATALOG_ATTEMPTS = 50
 
@@ -155,7 +155,7 @@ def torch_files(manifest: Manifest, module, *, torch_only: bool = False) -> tupl
     files = {"safetensors": serialize_weights(module.state_dict())}
     if torch_only:
         return replace(manifest, engine="torch"), files
-    from .onnx_export import export_checked
+    from .export import export_checked
 
     files["onnx"], measured = export_checked(module, manifest.preprocessing)
     return replace(manifest, engine="onnxruntime", metadata={**manifest.metadata, "onnx_check": measured}), files
@@ -271,7 +271,7 @@ def publish_bundled(store: ObjectStore, names: list[str] | None = None, *, log=p
 @functools.lru_cache(maxsize=len(BUNDLED))
 def _bundled_files(name: str, labels: tuple[str, ...]) -> tuple[Manifest, dict[str, bytes]]:
     """Bundled model ``name``'s manifest and checked files; exported once per process (it takes seconds)."""
-    from .architectures import build_module
+    from imgclassify.runtime.architectures import build_module
 
     manifest = bundled_manifest(name, labels)
     return torch_files(manifest, build_module(manifest.architecture,
@@ -285,7 +285,7 @@ def describe_files(manifest: Manifest) -> str:
 def framework_model(library: str, builder: str, *, pretrained: bool,
                     num_classes: int | None) -> tuple[Any, Preprocessing, tuple[str, ...] | None, dict]:
     """Build a torchvision or timm model; return it with its preprocessing, labels (if known) and metadata."""
-    from .architectures import construct
+    from imgclassify.runtime.architectures import construct
 
     module = construct(Architecture(library, builder, {"num_classes": num_classes} if num_classes else {}),
                        pretrained=pretrained)
@@ -356,7 +356,7 @@ def read_labels(path: str) -> tuple[str, ...]:
 
 def publish_onnx_file(store: ObjectStore, args: argparse.Namespace) -> Manifest:
     """Publish an ONNX classifier from any framework, after the same checks as an exported one."""
-    from .onnx_export import check_onnx_file
+    from .export import check_onnx_file
 
     labels = read_labels(args.labels)
     try:
@@ -385,7 +385,7 @@ def publish_onnx_file(store: ObjectStore, args: argparse.Namespace) -> Manifest:
 
 def migrate(store: ObjectStore, names: list[str] | None = None, *, log=print) -> list[Manifest]:
     """Republish, as a new version carrying ONNX, the latest version of every model that has none."""
-    from .architectures import build_module
+    from imgclassify.runtime.architectures import build_module
 
     catalog, _ = read_catalog(store)
     unknown = sorted(set(names or ()) - set(catalog.models))

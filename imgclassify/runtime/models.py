@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import ArtifactRef, Manifest, version_dir
+from imgclassify.errors import IntegrityError, ObjectNotFound
+from imgclassify.imaging.decode import decode_image
+from imgclassify.imaging.preprocess import preprocess
+from imgclassify.memory import release_free_memory
+from imgclassify.store.catalog import ArtifactRef, Manifest, version_dir
+from imgclassify.store.objects import ObjectStore
+
 from .engines import Engine, EngineOptions, Network, engine_for
-from .errors import IntegrityError, ObjectNotFound
-from .images import decode_image
-from .memory import release_free_memory
-from .predict import preprocess, scores, top_k
-from .storage import ObjectStore
+from .scores import scores, top_k
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ class LoadedModel:
     """A verified model: its manifest, the engine that runs it, and what loading it cost.
 
     The network itself is built on first use, in the process that uses it (see
-    :mod:`imgclassify.engines` on fork safety), and warmed up with one forward then.
+    :mod:`imgclassify.runtime.engines` on fork safety), and warmed up with one forward then.
     """
 
     manifest: Manifest

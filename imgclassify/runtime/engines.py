@@ -27,13 +27,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .catalog import Manifest
-from .errors import EngineUnavailable, IntegrityError
+from imgclassify.errors import EngineUnavailable, IntegrityError
+from imgclassify.settings import Settings
+from imgclassify.store.catalog import Manifest
 
 if TYPE_CHECKING:
     import numpy as np
 
-ENGINES = ("onnxruntime", "torch")
 DEFAULT_ENGINE = "onnxruntime"
 MIGRATE_COMMAND = "python -m imgclassify.publish migrate"
 
@@ -47,6 +47,11 @@ class EngineOptions:
     # pool threads to wake or oversubscribe. More images per second under load, a few ms more
     # for a lone request (the benchmark's threads A/B; figures in the README's Performance).
     threads: int = 1          # 0: one per CPU this process may use
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineOptions:
+        """The options the ``ENGINE`` and ``ENGINE_THREADS`` settings ask for."""
+        return cls(settings.engine, settings.engine_threads)
 
     def intra_op_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
@@ -107,7 +112,7 @@ class OnnxRuntimeEngine(Engine):
     def import_runtime() -> None:
         import onnxruntime  # noqa: F401
 
-        from .onnx_checks import onnx_model_class
+        from .onnx_rules import onnx_model_class
 
         onnx_model_class()  # the checks' parser, built once
 
@@ -130,7 +135,7 @@ class OnnxRuntimeEngine(Engine):
         return options
 
     def check(self, manifest: Manifest, data: bytes) -> int:
-        from .onnx_checks import OnnxRuleViolation, check_onnx
+        from .onnx_rules import OnnxRuleViolation, check_onnx
 
         try:
             return check_onnx(data).initializer_bytes
@@ -198,6 +203,7 @@ class TorchEngine(Engine):
 
 
 _ENGINE_TYPES: dict[str, type[Engine]] = {engine.name: engine for engine in (OnnxRuntimeEngine, TorchEngine)}
+ENGINES = tuple(_ENGINE_TYPES)
 
 
 def import_preferred_runtime(options: EngineOptions) -> None:

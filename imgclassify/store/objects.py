@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from .errors import ForbiddenSource, GenerationMismatch, InvalidGcsUri, ObjectNotFound, StorageUnavailable
+from imgclassify.errors import (
+    ForbiddenSource,
+    GenerationMismatch,
+    InvalidGcsUri,
+    ObjectNotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
+)
 
 # Cloud Storage bucket names: 3-222 characters of a-z, 0-9, "-", "_" and ".", starting and
 # ending with a letter or digit (dotted names may be longer than 63; the service checks no more).
@@ -342,3 +349,16 @@ def open_store(location: str, **gcs_options) -> ObjectStore:
         bucket, prefix = split_gs_uri(location)
         return GcsStore(bucket, prefix, **gcs_options)
     return LocalStore(location)
+
+
+def read_limited(store: ObjectStore, name: str, max_bytes: int) -> bytes:
+    """An object's bytes; 413 before downloading anything larger than ``max_bytes``."""
+    info = store.info(name)
+    if info is None:
+        raise ObjectNotFound(f"{store.uri}/{name} does not exist")
+    if info.size > max_bytes:
+        raise PayloadTooLarge(f"{store.uri}/{name} has {info.size} bytes; the limit is {max_bytes}")
+    data = store.read(name).data
+    if len(data) > max_bytes:  # replaced by a larger object since
+        raise PayloadTooLarge(f"{store.uri}/{name} has {len(data)} bytes; the limit is {max_bytes}")
+    return data

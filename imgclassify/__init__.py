@@ -1,0 +1,25 @@
+"""imgclassify: serverless image classification, one level of subpackages over a shared ground.
+
+The map, top to bottom (each part may import only the parts below it; import-linter holds
+the rules, see ``[tool.importlinter]`` in pyproject.toml and ``make lint``)::
+
+    serving/     the HTTP edge: routes, contract, request parsing, image sources, the apps, start-up
+    publish/     catalog writes, model sources, ONNX export, the publisher's CLI
+    batch/       the Cloud Run job that classifies bucket prefixes
+        ──────── the three above never import each other
+    runtime/     engines, ONNX rules, loaded models, the warm cache, the registry, scores
+        ────────
+    store/       objects in gs:// or a directory, manifests, the catalog and an instance's view of it
+    imaging/     safe decode and preprocessing
+        ──────── the two above never import each other
+    errors, settings, logs, memory     the ground: shared facts and plumbing, standard library only
+
+Entry points:
+
+* ``functions/classify/main.py`` and ``functions/list_models/main.py`` call
+  :func:`imgclassify.serving.bootstrap.create_http_app`;
+* ``python -m imgclassify.publish`` publishes, lists and removes models;
+* ``python -m imgclassify.batch`` classifies a bucket prefix.
+
+Importing this package imports nothing: each function loads only the parts it serves.
+"""

@@ -1,0 +1,77 @@
+"""What classify can serve: the catalog as this instance sees it, and the warm model cache."""
+
+from __future__ import annotations
+
+import logging
+
+from imgclassify.memory import release_free_memory
+from imgclassify.settings import Settings
+from imgclassify.store.catalog import read_manifest
+from imgclassify.store.catalog_view import CatalogView
+from imgclassify.store.objects import ObjectStore, open_store
+
+from .cache import ModelCache
+from .engines import EngineOptions
+from .models import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    """Resolves ``name[@version]`` through a catalog view and hands out warm models from a cache."""
+
+    def __init__(self, catalog_view: CatalogView, *, cache_budget_bytes: int,
+                 engine_options: EngineOptions | None = None, load_wait_seconds: float | None = None) -> None:
+        self.catalog_view = catalog_view
+        self.engine_options = engine_options or EngineOptions()
+        # Single-flight waiters give up after load_wait_seconds (503 MODEL_LOADING, Retry-After).
+        self.cache: ModelCache[tuple[str, str], LoadedModel] = ModelCache(
+            self._load, lambda model: model.nbytes, cache_budget_bytes,
+            on_evict=lambda _: release_free_memory(), wait_seconds=load_wait_seconds)
+
+    @classmethod
+    def over(cls, store: ObjectStore, *, catalog_ttl_seconds: float, default_model: str | None = None,
+             **options) -> ModelRegistry:
+        """A registry over ``store``'s catalog; ``options`` are the constructor's keyword arguments."""
+        return cls(CatalogView(store, catalog_ttl_seconds=catalog_ttl_seconds, default_model=default_model),
+                   **options)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The registry the functions and the batch job build: store, cache budget, catalog TTL, engine."""
+        return cls.over(open_store(settings.model_store, **settings.gcs_options()),
+                        catalog_ttl_seconds=settings.catalog_ttl_seconds, default_model=settings.default_model,
+                        cache_budget_bytes=settings.cache_budget_bytes,
+                        engine_options=EngineOptions.from_settings(settings),
+                        load_wait_seconds=settings.model_load_wait_seconds)
+
+    @property
+    def store(self) -> ObjectStore:
+        return self.catalog_view.store
+
+    def resolve(self, ref: str | None) -> tuple[str, str]:
+        """``name``, ``name@version`` or None (the default) as a concrete ``(name, version)``."""
+        return self.catalog_view.resolve(ref)
+
+    def default_name(self) -> str:
+        return self.catalog_view.default_name()
+
+    def get(self, ref: str | None) -> tuple[LoadedModel, bool]:
+        """The warm model for ``ref`` and whether this call waited for it to load."""
+        return self.cache.get(self.resolve(ref))
+
+    def _load(self, key: tuple[str, str]) -> LoadedModel:
+        name, version = key
+        model = load_model(self.store, read_manifest(self.store, name, version), self.engine_options)
+        release_free_memory()  # the download and parse buffers are gone: return their pages
+        return model
+
+    def warm_up(self, ref: str | None = None) -> LoadedModel | None:
+        """Load ``ref`` (default: the default model) now; log and return None if that fails."""
+        try:
+            model, _ = self.get(ref)
+        except Exception as error:  # noqa: BLE001 - start-up must not die; requests will retry
+            log.warning("could not preload %s: %s", ref or "the default model", error)
+            return None
+        log.info("preloaded %s@%s: %s", model.manifest.name, model.manifest.version, model.load_ms)
+        return model

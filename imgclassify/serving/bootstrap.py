@@ -1,0 +1,66 @@
+"""Start-up of a function instance: logging, settings, the function's app and its warm-up."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from types import ModuleType
+
+from imgclassify.logs import configure_logging
+from imgclassify.memory import limit_malloc_arenas
+from imgclassify.settings import Settings
+
+from .http import HttpApp
+from .routes import FUNCTIONS
+
+log = logging.getLogger(__name__)
+
+
+def process_age_ms() -> float | None:
+    """Milliseconds since this process started (Linux), to report the whole cold start."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            return round((float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")) * 1000)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# Each function's app module, imported only by that function (list_models never imports the
+# runtime). Each module has ``build(settings) -> HttpApp`` and ``warm(app, settings) -> phases``,
+# the start-up work of an instance before it serves (classify: the preload before the fork).
+APP_MODULES = {
+    "classify": "imgclassify.serving.classify_app",
+    "list_models": "imgclassify.serving.list_models_app",
+}
+
+
+def app_module(function: str) -> ModuleType:
+    """The module that builds ``function``'s app; ValueError for a function that does not exist."""
+    if function not in APP_MODULES:
+        raise ValueError(f"unknown function {function!r}; expected one of {', '.join(FUNCTIONS)}")
+    return importlib.import_module(APP_MODULES[function])
+
+
+def build_app(function: str, settings: Settings) -> HttpApp:
+    """The app of ``function`` over ``settings``, with no start-up work (tests build apps this way)."""
+    return app_module(function).build(settings)
+
+
+def create_http_app(function: str, settings: Settings | None = None) -> HttpApp:
+    """Start an instance of ``function``: logging, settings from the environment, the app, its warm-up."""
+    started = time.perf_counter()
+    configure_logging()
+    limit_malloc_arenas()
+    settings = settings or Settings.from_env()
+    module = app_module(function)
+    app = module.build(settings)
+    phases = {"python_and_imports": process_age_ms()}
+    phases.update(module.warm(app, settings))
+    phases["create_app"] = round((time.perf_counter() - started) * 1000, 1)
+    phases["process_age"] = process_age_ms()
+    log.info("%s ready (store %s)", function, settings.model_store,
+             extra={"fields": {"startup_ms": phases, "pid": os.getpid()}})
+    return app

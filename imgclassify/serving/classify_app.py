@@ -1,0 +1,106 @@
+"""The ``classify`` function: its routes (``POST /v1/classify``, ``POST /v1/models/{name}:classify``) and its start."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from werkzeug.wrappers import Request, Response
+
+from imgclassify.imaging.decode import pixel_budget
+from imgclassify.runtime.engines import EngineOptions, import_preferred_runtime
+from imgclassify.runtime.models import LoadedModel
+from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.settings import Settings
+
+from .http import HttpApp, json_response
+from .request_parsing import parse_classify_request
+from .routes import Route
+from .service import ClassifyService
+
+log = logging.getLogger(__name__)
+
+
+class ClassifyApp(HttpApp):
+    function = "classify"
+
+    def __init__(self, service: ClassifyService) -> None:
+        super().__init__(service.settings)
+        self.service = service
+
+    def handle(self, route: Route, params: dict[str, str], request: Request, context: dict) -> Response:
+        settings = self.settings
+        parsed = parse_classify_request(request, path_model=params.get("name"), max_bytes=settings.max_request_bytes,
+                                        max_images=settings.max_images_per_request)
+        # Every image this request decodes, wherever it comes from, is charged to one budget.
+        with pixel_budget(settings.max_request_pixels):
+            result = self.service.classify(parsed)
+        context.update(model=result["model"]["name"], version=result["model"]["version"],
+                       cold=result["cold_start"], images=len(parsed.images))
+        return json_response(result)
+
+
+def build(settings: Settings) -> ClassifyApp:
+    """The classify app over ``settings``: its registry, image sources and limits."""
+    return ClassifyApp(ClassifyService.from_settings(settings))
+
+
+def warm(app: ClassifyApp, settings: Settings) -> dict[str, float]:
+    """Start-up before serving: the default model's preload, or at least the engine's runtime."""
+    options = EngineOptions.from_settings(settings)
+    if settings.preload_default_model:
+        return preload_before_fork(app.service.registry, options)
+    import_preferred_runtime(options)  # the runtime is part of the instance, not of the first model
+    return {}
+
+
+def preload_before_fork(registry: ModelRegistry, engine_options: EngineOptions) -> dict[str, float]:
+    """Fetch, verify and check the default model now, while the module is imported.
+
+    functions-framework imports this module in gunicorn's parent process and then forks
+    the worker. A runtime's thread pool does not survive a fork, so the parent stops short
+    of building the network: the worker builds it right after the fork, on a thread of its
+    own (:func:`build_after_fork`), while gunicorn starts serving. The engine's runtime is
+    imported on a thread meanwhile, joined before this returns. A storage error (a
+    permission still propagating, an outage) is logged and the instance starts anyway: the
+    first request that needs the model loads it. Returns each phase's time in milliseconds.
+    """
+    phases: dict[str, float] = {}
+    started = time.perf_counter()
+    # The runtime's import (CPU) overlaps the catalog read and the download (network).
+    importer = threading.Thread(target=import_preferred_runtime, args=(engine_options,),
+                                name="import-runtime")
+    importer.start()
+    try:
+        registry.catalog_view.catalog()
+    except Exception as error:  # noqa: BLE001 - start-up must not die; requests will retry
+        log.warning("could not read the catalog at start-up (%s); models load on first use", error)
+        importer.join()  # joined before returning: no thread may cross the fork
+        return phases
+    phases["catalog"] = round((time.perf_counter() - started) * 1000, 1)
+    model = registry.warm_up()
+    started = time.perf_counter()
+    importer.join()
+    phases["import_runtime_wait"] = round((time.perf_counter() - started) * 1000, 1)
+    if model is not None:
+        phases.update(model.load_ms)
+        os.register_at_fork(after_in_child=lambda: build_after_fork(model))
+    return phases
+
+
+def build_after_fork(model: LoadedModel) -> threading.Thread:
+    """Build ``model``'s network on a thread of this (new) process; requests that need it wait."""
+    def build() -> None:
+        try:
+            model.network()
+        except Exception as error:  # noqa: BLE001 - the first request will report it
+            log.warning("could not build %s@%s after the fork: %s", *model.key, error)
+            return
+        log.info("built %s@%s in the worker", *model.key,
+                 extra={"fields": {"build_ms": model.load_ms, "pid": os.getpid()}})
+
+    thread = threading.Thread(target=build, name="build-after-fork", daemon=True)
+    thread.start()
+    return thread
