@@ -4,14 +4,18 @@
 directory, so each bundle holds everything its function imports from this repository:
 
     build/functions/<name>/main.py            the entry point, from functions/<name>/
-    build/functions/<name>/imgclassify/       the shared package (Python sources only)
+    build/functions/<name>/imgclassify/       the modules of the package the function imports
     build/functions/<name>/requirements.txt   exact pins from functions/requirements.txt
     build/functions/<name>.zip                the same files, zipped deterministically
 
 The zip is byte-for-byte reproducible (sorted entries, fixed timestamps and permissions),
 so Terraform names the uploaded object after its hash and a code change, and only a code
-change, redeploys the function. ``list_models`` gets the pins without the packages only
-inference needs (ONNX Runtime): it never imports them, and its bundle stays small.
+change, redeploys the function. Each bundle ships only its part of the package: the modules
+its ``main.py`` and its app module (``APP_MODULES`` in imgclassify/serving/bootstrap.py) import,
+followed through every import of the package (lazy ones included, ``TYPE_CHECKING`` ones
+not), with the ``__init__.py`` of each subpackage on the way. Neither bundle holds the
+publisher or the batch job; ``list_models`` holds no runtime or imaging module, and gets
+the pins without the packages only inference needs (ONNX Runtime).
 Neither bundle installs torch: every model is served from its ``model.onnx``.
 
 The Makefile (``make bundles``) and Cloud Build both call this script; it needs only the
@@ -22,6 +26,7 @@ installed in the running environment.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import shutil
 import sys
@@ -84,9 +89,74 @@ def requirements_for(function: str, pins_file: Path = PINS_FILE) -> str:
     return "\n".join(lines) + "\n"
 
 
-def package_files(package_dir: Path = REPO / PACKAGE) -> list[Path]:
-    """The package's Python sources, sorted; caches and editor leftovers stay behind."""
-    return sorted(path for path in package_dir.rglob("*.py") if "__pycache__" not in path.parts)
+def module_path(module: str, root: Path = REPO) -> Path | None:
+    """The source file of ``module`` (dotted, under ``root``), or None if it is not in the repository."""
+    base = root.joinpath(*module.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and isinstance(test, ast.Name | ast.Attribute) and \
+        (getattr(test, "id", None) or getattr(test, "attr", None)) == "TYPE_CHECKING"
+
+
+def imported_modules(path: Path, module: str) -> set[str]:
+    """The dotted names ``path`` (the source of ``module``) imports, relative imports resolved,
+    imports inside functions included, those under ``if TYPE_CHECKING:`` left out."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    pending = list(ast.parse(path.read_text(), filename=str(path)).body)
+    while pending:
+        node = pending.pop()
+        if _is_type_checking(node):
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def app_module(function: str) -> str:
+    """``APP_MODULES[function]`` of the bootstrap, read from its source (this script imports no werkzeug)."""
+    tree = ast.parse((REPO / PACKAGE / "serving" / "bootstrap.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "APP_MODULES" for target in node.targets):
+            return ast.literal_eval(node.value)[function]
+    raise SystemExit("imgclassify/serving/bootstrap.py has no APP_MODULES table")
+
+
+def package_files(function: str) -> list[Path]:
+    """The package's sources ``function`` imports, sorted: its import closure from main.py and its app module."""
+    entry = REPO / "functions" / function / "main.py"
+    pending = sorted(imported_modules(entry, "main") | {app_module(function)})
+    seen: set[str] = set()
+    files: set[Path] = set()
+    while pending:
+        module = pending.pop()
+        if module in seen or module.partition(".")[0] != PACKAGE:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        for depth in range(1, len(parts)):  # importing a.b.c runs a/__init__.py and a/b/__init__.py
+            pending.append(".".join(parts[:depth]))
+        path = module_path(module)
+        if path is None:  # `from pkg import name` where name is not a module
+            continue
+        files.add(path)
+        pending.extend(imported_modules(path, module))
+    return sorted(files)
 
 
 def write_deterministic_zip(source_dir: Path, zip_path: Path) -> None:
@@ -110,7 +180,7 @@ def build_bundle(function: str, out_dir: Path) -> Path:
         shutil.rmtree(bundle)
     bundle.mkdir(parents=True)
     shutil.copyfile(REPO / "functions" / function / "main.py", bundle / "main.py")
-    for source in package_files():
+    for source in package_files(function):
         target = bundle / PACKAGE / source.relative_to(REPO / PACKAGE)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)

@@ -79,7 +79,7 @@ LAUNCHER = CUT_OFF_REPO + textwrap.dedent(
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             if spec is None:
                 raise ImportError(f"{name} is not in the bundle {bundle}")
-            # imgclassify is a namespace package: its "origin" is the list of its directories.
+            # A namespace package's "origin" would be the list of its directories.
             origins = [spec.origin] if spec.origin else list(spec.submodule_search_locations or [])
             for origin in map(os.path.realpath, origins):
                 if not origin.startswith(bundle + os.sep):
@@ -145,13 +145,29 @@ def test_bundle_holds_the_entry_point_the_package_and_pinned_requirements(bundle
         bundle = bundles / function
         assert (bundle / "main.py").read_bytes() == (REPO / "functions" / function / "main.py").read_bytes()
         shipped = sorted(p.relative_to(bundle / "imgclassify") for p in (bundle / "imgclassify").rglob("*.py"))
-        assert shipped == [p.relative_to(REPO / "imgclassify") for p in build_bundles.package_files()]
+        assert shipped == [p.relative_to(REPO / "imgclassify") for p in build_bundles.package_files(function)]
         assert not list(bundle.rglob("__pycache__"))
         with zipfile.ZipFile(bundles / f"{function}.zip") as archive:
             names = archive.namelist()
             assert names == sorted(names)
-            assert {"main.py", "requirements.txt", "imgclassify/http.py"} <= set(names)
+            assert {"main.py", "requirements.txt", "imgclassify/__init__.py", "imgclassify/serving/http.py",
+                    "imgclassify/serving/bootstrap.py", f"imgclassify/serving/{function}_app.py"} <= set(names)
             assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def shipped_parts(bundle: Path) -> set[str]:
+    """The subpackages and ground modules of imgclassify a bundle holds."""
+    return {path.name if path.is_dir() else path.stem for path in (bundle / "imgclassify").iterdir()}
+
+
+def test_each_bundle_ships_only_its_part_of_the_package(bundles):
+    ground = {"__init__", "errors", "settings", "logs", "memory", "top_k"}
+    assert shipped_parts(bundles / "classify") == ground | {"serving", "runtime", "imaging", "store"}
+    assert shipped_parts(bundles / "list_models") == ground | {"serving", "store"}
+    listing_serving = {path.name for path in (bundles / "list_models" / "imgclassify" / "serving").iterdir()}
+    assert not listing_serving & {"classify_app.py", "service.py", "request_parsing.py", "image_sources.py"}
+    classify_serving = {path.name for path in (bundles / "classify" / "imgclassify" / "serving").iterdir()}
+    assert "list_models_app.py" not in classify_serving and "contract.py" not in classify_serving
 
 
 TORCH_STACK = ("torch", "torchvision", "timm", "safetensors", "efficientnet_lite_pytorch")
@@ -251,8 +267,9 @@ def test_built_classify_bundle_serves_bundled_and_torchvision_models_with_neithe
     assert "is blocked in this test" not in log
     origins = set(record.read_text().split())
     bundle = str((bundles / "classify").resolve())
-    expected_origins = {f"{bundle}/imgclassify", f"{bundle}/imgclassify/bootstrap.py",
-                        f"{bundle}/imgclassify/engines.py", f"{bundle}/imgclassify/predict.py"}
+    expected_origins = {f"{bundle}/imgclassify/__init__.py", f"{bundle}/imgclassify/serving/bootstrap.py",
+                        f"{bundle}/imgclassify/runtime/engines.py", f"{bundle}/imgclassify/runtime/scores.py",
+                        f"{bundle}/imgclassify/imaging/preprocess.py"}
     assert expected_origins <= origins
     assert all(origin.startswith(bundle + "/") for origin in origins)
 
