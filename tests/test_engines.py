@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import ast
 import os
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-import imgclassify
 from imgclassify.errors import EngineUnavailable, IntegrityError
 from imgclassify.publish.cli import publish, serialize_weights
 from imgclassify.runtime.engines import EngineOptions, OnnxRuntimeEngine, TorchEngine, engine_for
@@ -189,34 +186,6 @@ def test_the_torch_engine_counts_the_tensor_bytes_and_refuses_what_is_not_safete
 
 
 # --- one interface -------------------------------------------------------------------------------
-
-RUNTIME_PACKAGES = {"torch", "torchvision", "timm", "safetensors", "efficientnet_lite_pytorch", "onnxruntime", "onnx"}
-# Where a runtime may be imported: the engines, and the publisher's side (never run by the functions).
-RUNTIME_MODULES = {"engines.py", "onnx_export.py", "publish.py", "architectures.py"}
-
-
-def imported_packages(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.partition(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.partition(".")[0])
-    return names
-
-
-def test_no_module_outside_the_engines_and_the_publisher_imports_a_runtime():
-    package = Path(next(iter(imgclassify.__path__)))  # a namespace package: no __file__
-    modules = {path.relative_to(package).as_posix(): path for path in sorted(package.rglob("*.py"))}
-    assert set(modules) >= RUNTIME_MODULES | {"models.py", "service.py", "bootstrap.py"}
-
-    offenders = {name: sorted(imported_packages(path) & RUNTIME_PACKAGES)
-                 for name, path in modules.items() if name not in RUNTIME_MODULES}
-
-    assert {name: found for name, found in offenders.items() if found} == {}
-    assert imported_packages(package / "engines.py") >= {"onnxruntime", "torch", "safetensors"}
-
 
 def test_the_session_is_built_from_the_verified_bytes_in_memory_not_a_file(store, monkeypatch):
     import onnxruntime

@@ -13,6 +13,10 @@ resume rules are described in ``docs/batch.md``:
 The parts: :mod:`.plan` (listing, sharding, chunks, the pinned job and plan),
 :mod:`.pipeline` (prefetching, batches, chunk writes), :mod:`.progress`, :mod:`.task` (one task
 from start to summary) and :mod:`.cli` (arguments and exit status).
+
+Import rule: :mod:`imgclassify.runtime` and below, never serving or the publisher: the job
+reads its images through :func:`imgclassify.store.objects.read_limited` and the ``top_k``
+rule of :mod:`imgclassify.top_k`, as the API does.
 """
 
 from .cli import main, parse_args
