@@ -16,7 +16,8 @@ import functools
 from typing import Any
 
 from imgclassify.errors import ServiceError, api_error_classes
-from imgclassify.store import catalog
+from imgclassify.store.catalog import MODEL_NAME, MODEL_VERSION
+from imgclassify.store.objects import BUCKET_NAME
 from imgclassify.top_k import DEFAULT_TOP_K, MAX_TOP_K
 
 from .routes import ROUTES, Route
@@ -31,9 +32,9 @@ DESCRIPTION = ("Top-k image classification with the model you choose. Models are
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
                      "application/octet-stream")
 # The catalog's own checks (catalog.check_name / check_version) also refuse "..".
-MODEL_NAME_PATTERN = f"^{catalog._NAME.pattern}$"
-MODEL_REF_PATTERN = f"^{catalog._NAME.pattern}(@{catalog._VERSION.pattern})?$"
-GCS_URI_PATTERN = r"^gs://[a-z0-9][a-z0-9_.-]{1,220}[a-z0-9]/.+$"
+MODEL_NAME_PATTERN = f"^{MODEL_NAME.pattern}$"
+MODEL_REF_PATTERN = f"^{MODEL_NAME.pattern}(@{MODEL_VERSION.pattern})?$"
+GCS_URI_PATTERN = f"^gs://{BUCKET_NAME.pattern}/.+$"
 
 # A 1x1 PNG, as the base64 example of a JSON instance.
 _EXAMPLE_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4AAAAAElFTkSuQmCC"

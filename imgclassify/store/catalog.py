@@ -43,8 +43,8 @@ ARTIFACT_FILENAMES = {"onnx": "model.onnx", "safetensors": "weights.safetensors"
 OUTPUTS = ("logits", "probabilities")
 LATEST = "latest"
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+MODEL_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
@@ -71,7 +71,7 @@ def onnx_object(name: str, version: str) -> str:
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise InvalidRequest."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or ".." in name:
         raise InvalidModelName(
             f"model name must be 1-64 of a-z, 0-9, '_', '-', '.', starting with a letter or digit; "
             f"found {str(name)[:80]!r}"
@@ -81,7 +81,7 @@ def check_name(name: str) -> str:
 
 def check_version(version: str) -> str:
     """Return ``version`` if it is a valid version label, else raise InvalidRequest."""
-    if not isinstance(version, str) or not _VERSION.fullmatch(version) or ".." in version:
+    if not isinstance(version, str) or not MODEL_VERSION.fullmatch(version) or ".." in version:
         raise InvalidModelVersion(
             f"model version must be 1-32 of A-Z, a-z, 0-9, '_', '-', '.'; found {str(version)[:80]!r}"
         )

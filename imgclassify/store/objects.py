@@ -34,7 +34,7 @@ from imgclassify.errors import (
 
 # Cloud Storage bucket names: 3-222 characters of a-z, 0-9, "-", "_" and ".", starting and
 # ending with a letter or digit (dotted names may be longer than 63; the service checks no more).
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,220}[a-z0-9]")
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{1,220}[a-z0-9]")
 _MAX_OBJECT_NAME_BYTES = 1024
 
 
@@ -55,7 +55,7 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
     if not isinstance(uri, str) or not uri.startswith("gs://"):
         raise InvalidGcsUri(f"expected gs://BUCKET/OBJECT, found {str(uri)[:80]!r}")
     bucket, _, name = uri[5:].partition("/")
-    if not _BUCKET.fullmatch(bucket):
+    if not BUCKET_NAME.fullmatch(bucket):
         raise InvalidGcsUri(f"a gs:// URI needs a bucket name (3-222 of a-z, 0-9, '-', '_', '.'), "
                             f"found {bucket[:80]!r}")
     return bucket, name
