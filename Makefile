@@ -13,7 +13,7 @@ TORCH_PIN ?= $(TORCH_VERSIONS) $(if $(strip $(TORCH_FROM_MACHINE)),,$(CPU_TORCH_
 CHECKOV_VENV ?= .local/checkov-venv
 CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: dev test lint bench load venv clean bundles checkov-venv smoke
+.PHONY: dev test test-fast lint bench load venv clean bundles checkov-venv smoke
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,6 +44,10 @@ lint: venv
 
 test: lint checkov-venv
 	$(PYTHON) -m pytest -q
+
+# The unit tier alone: no emulator, no server, no torch export (under a minute).
+test-fast: venv
+	$(PYTHON) -m pytest -q tests/unit
 
 # The post-deploy smoke check (scripts/smoke.py, standard library only), e.g.
 #   make smoke URL=https://GATEWAY_HOST KEY=... [ORIGIN=https://storage.googleapis.com]

@@ -18,7 +18,7 @@ Exit status 0 when every check passes (or is skipped), 1 otherwise. With ``--wai
 checks are retried until they pass or the time is up: a new gateway, config or key can take
 minutes to work. Standard library only, so Cloud Build runs it in a bare Python image
 (cloudbuild.yaml, step ``smoke``) and ``make smoke URL=... KEY=...`` from anywhere;
-tests/test_smoke.py runs the same command against the local stack.
+tests/stack/test_smoke.py runs the same command against the local stack.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 # API Gateway in front of the functions: routes, API keys, quotas, CORS preflight.
 
 locals {
-  # The spec is rendered from openapi.yaml.tftpl, whose routes tests/test_infra.py checks against
+  # The spec is rendered from openapi.yaml.tftpl, whose routes tests/infra/ checks against
   # imgclassify/serving/routes.py (the table the functions and the local router follow).
   # Backends are the Cloud Run URLs of the functions (service_config.uri, not the
   # cloudfunctions.net url): with APPEND_PATH_TO_ADDRESS the function then receives the full

@@ -1,5 +1,5 @@
 # Service accounts and every IAM grant of the stack, in one place.
-# Each account holds only what its job needs; tests/test_infra.py checks the rules below.
+# Each account holds only what its job needs; tests/infra/ checks the rules below.
 #  - classify, list_models: read the weights bucket (classify also reads allowed_gcs_buckets);
 #  - gateway: invokes the functions, and is the only principal that may;
 #  - builder: builds the functions' images (reads the sources and Cloud Functions' copy of them,

@@ -1,6 +1,6 @@
 # Log-based metrics from the lines the functions write (monitoring.tf turns them into
 # google_logging_metric resources, a dashboard and alerts). Only locals live here, depending
-# on nothing but var.name_prefix, so tests/test_infra.py evaluates this very file with
+# on nothing but var.name_prefix, so tests/infra/ evaluates this very file with
 # `terraform console` and matches every filter and extractor against real log lines.
 #
 # Where the fields come from: imgclassify/serving/http.py logs one JSON line per request, and

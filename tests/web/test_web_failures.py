@@ -29,8 +29,8 @@ from devstack.stack import LocalStack
 from imgclassify.publish.cli import main as publish_cli
 from imgclassify.publish.cli import publish_bundled, remove
 from imgclassify.store.objects import GcsStore
-from tests.counting_proxy import CountingProxy
-from tests.photos import cat_jpeg
+from tests.support.counting_proxy import CountingProxy
+from tests.support.photos import cat_jpeg
 from tests.web.browser import ANSWER_TIMEOUT_MS, top_label, write_file
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from imgclassify.store.objects import GcsStore
-from tests.photos import cat_jpeg, coffee_jpeg, encode, real_photo
+from tests.support.photos import cat_jpeg, coffee_jpeg, encode, real_photo
 from tests.web.browser import ANSWER_TIMEOUT_MS, ARTIFACTS, top_label, transfer_handle, write_file
 
 pytestmark = pytest.mark.integration

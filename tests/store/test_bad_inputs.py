@@ -17,9 +17,9 @@ from werkzeug.wrappers import Request
 from imgclassify.errors import ServiceError
 from imgclassify.imaging.decode import decode_image
 from imgclassify.serving.request_parsing import parse_classify_request
-from tests.apps import client_for
-from tests.bad_inputs import cases, fresh
-from tests.photos import CAT_INDICES, cat_jpeg, encode
+from tests.support.apps import client_for
+from tests.support.bad_inputs import cases, fresh
+from tests.support.photos import CAT_INDICES, cat_jpeg, encode
 
 MAX_REQUEST_MB = 2
 MAX_IMAGES = 8
@@ -220,7 +220,7 @@ exif_entries = st.lists(st.tuples(
 @PROPERTY_SETTINGS
 @given(exif_entries, st.integers(min_value=1, max_value=8))
 def test_any_exif_block_leaves_the_photo_decodable_and_a_readable_orientation_applied(entries, orientation):
-    from tests.bad_inputs import exif_block
+    from tests.support.bad_inputs import exif_block
 
     orientation_entry = (0x0112, 3, 1, struct.pack("<H", orientation))
     block = exif_block(orientation_entry, *[entry for entry in entries if entry[0] != 0x0112])

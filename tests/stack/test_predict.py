@@ -15,9 +15,9 @@ from torchvision import transforms
 from imgclassify.imaging.preprocess import preprocess
 from imgclassify.runtime.scores import scores, top_k
 from imgclassify.store.catalog import Preprocessing
-from tests.photos import real_photo
+from tests.support.photos import real_photo
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGENET = Preprocessing(resize=256, crop_size=224)
 # Where the whole image is resized (up to an aspect ratio of 16) the pipeline is torchvision's:
 # results differ only in float rounding (measured: up to 3 units in the last place, 7.2e-7).

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from imgclassify.serving.routes import FUNCTIONS, ROOT_ROUTES, ROUTES
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_route_is_served_by_a_named_function_and_every_function_serves_a_route():

@@ -17,10 +17,10 @@ from devstack.stack import LocalStack
 from imgclassify.publish.cli import publish, remove, update_catalog
 from imgclassify.store.catalog import ArtifactRef, manifest_object, onnx_object, read_manifest
 from imgclassify.store.objects import GcsStore
-from tests.apps import client_for
-from tests.counting_proxy import CountingProxy
-from tests.onnx_graphs import colour_classifier, serialized, with_external_data, with_foreign_node
-from tests.photos import CAT_INDICES, cat_jpeg, coffee_jpeg
+from tests.support.apps import client_for
+from tests.support.counting_proxy import CountingProxy
+from tests.support.onnx_graphs import colour_classifier, serialized, with_external_data, with_foreign_node
+from tests.support.photos import CAT_INDICES, cat_jpeg, coffee_jpeg
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from imgclassify.publish.cli import publish
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing
 from imgclassify.store.objects import LocalStore
-from tests.onnx_graphs import colour_classifier, serialized
+from tests.support.onnx_graphs import colour_classifier, serialized
 
 
 def tiny_manifest(name: str, version: str) -> Manifest:

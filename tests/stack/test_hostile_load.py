@@ -19,8 +19,8 @@ import time
 import pytest
 import requests
 
-from tests.bad_inputs import animated_webp, sixteen_bit_png
-from tests.photos import CAT_INDICES, cat_jpeg
+from tests.support.bad_inputs import animated_webp, sixteen_bit_png
+from tests.support.photos import CAT_INDICES, cat_jpeg
 
 pytestmark = pytest.mark.integration
 

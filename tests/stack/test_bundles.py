@@ -30,7 +30,7 @@ from imgclassify.publish.cli import publish_bundled
 from imgclassify.runtime.engines import EngineOptions
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.store.objects import GcsStore
-from tests.photos import CAT_INDICES, cat_jpeg
+from tests.support.photos import CAT_INDICES, cat_jpeg
 
 sys.path.insert(0, str(REPO / "scripts"))
 import build_bundles  # noqa: E402

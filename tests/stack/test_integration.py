@@ -11,8 +11,8 @@ import requests
 
 from devstack.stack import LocalStack
 from imgclassify.store.objects import GcsStore
-from tests.counting_proxy import CountingProxy
-from tests.photos import CAT_INDICES, ESPRESSO_INDEX, cat_jpeg, coffee_jpeg
+from tests.support.counting_proxy import CountingProxy
+from tests.support.photos import CAT_INDICES, ESPRESSO_INDEX, cat_jpeg, coffee_jpeg
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from devstack.stack import LocalStack
-from tests.counting_proxy import CountingProxy
-from tests.photos import CAT_INDICES, cat_jpeg
+from tests.support.counting_proxy import CountingProxy
+from tests.support.photos import CAT_INDICES, cat_jpeg
 
 pytestmark = pytest.mark.integration
 

@@ -206,7 +206,7 @@ def test_gcs_download_in_slices_reassembles_the_object_exactly(new_bucket):
     store.write("weights.bin", data)
 
     # (That it takes one ranged read per slice is counted at the emulator's door in
-    # tests/test_integration.py::test_concurrent_cold_requests_download_the_weights_exactly_once.)
+    # tests/stack/test_integration.py::test_concurrent_cold_requests_download_the_weights_exactly_once.)
     assert store.download("weights.bin") == data
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tests.photos import cat_jpeg, encode, real_photo
+from tests.support.photos import cat_jpeg, encode, real_photo
 
 
 def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:

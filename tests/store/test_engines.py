@@ -19,7 +19,7 @@ from imgclassify.runtime.scores import scores
 from imgclassify.settings import Settings
 from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, onnx_object, read_manifest
 from imgclassify.store.objects import GcsStore, LocalStore
-from tests.onnx_graphs import colour_classifier, serialized
+from tests.support.onnx_graphs import colour_classifier, serialized
 
 LABELS = ("red", "green", "blue")
 

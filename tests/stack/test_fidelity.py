@@ -15,7 +15,7 @@ from imgclassify.publish.export import LOGIT_TOLERANCE
 from imgclassify.runtime.engines import EngineOptions
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.store.objects import GcsStore
-from tests.photos import encode, real_photo
+from tests.support.photos import encode, real_photo
 
 PHOTOS = ("chelsea", "coffee", "astronaut")
 CROPS = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}

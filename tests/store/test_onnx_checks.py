@@ -13,7 +13,7 @@ from imgclassify.errors import InvalidModelFile
 from imgclassify.publish.export import CHECK_PHOTOS, check_batch, check_onnx_file
 from imgclassify.runtime.onnx_rules import GraphSignature, OnnxRuleViolation, check_onnx
 from imgclassify.store.catalog import Preprocessing
-from tests.onnx_graphs import (
+from tests.support.onnx_graphs import (
     colour_classifier,
     serialized,
     with_external_data,
@@ -27,7 +27,7 @@ from tests.onnx_graphs import (
     with_sparse_external_data,
     with_subgraph,
 )
-from tests.photos import encode, real_photo
+from tests.support.photos import encode, real_photo
 
 LABELS = ("red", "green", "blue")
 SMALL = Preprocessing(resize=40, crop_size=32)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from imgclassify.store.objects import GcsStore
-from tests.photos import CAT_INDICES, ESPRESSO_INDEX, cat_jpeg, coffee_jpeg, encode
+from tests.support.photos import CAT_INDICES, ESPRESSO_INDEX, cat_jpeg, coffee_jpeg, encode
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ALLOWED_BUCKET = "photos-allowed-http"
 
 
@@ -310,7 +310,7 @@ def test_list_models_serves_the_openapi_document_cacheably_and_classify_does_not
 
 
 def test_with_default_model_set_the_listing_puts_that_model_first_and_alone_marked_default(models_bucket):
-    from tests.apps import client_for as app_client
+    from tests.support.apps import client_for as app_client
 
     client = app_client(models_bucket, "list_models", DEFAULT_MODEL="efficientnet_lite2")
 
@@ -333,7 +333,7 @@ def test_a_malformed_version_is_invalid_model_version_not_invalid_model_name(cla
 
 
 def test_a_request_whose_images_pass_the_pixel_budget_is_413_before_decoding_the_rest(models_bucket):
-    from tests.apps import client_for as app_client
+    from tests.support.apps import client_for as app_client
 
     client = app_client(models_bucket, MAX_REQUEST_PIXELS=str(2 * 451 * 300))  # two chelsea photos
     photo = (io.BytesIO(cat_jpeg()), "cat.jpg")

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from imgclassify.serving.contract import openapi_document
-from tests.photos import encode, real_photo
+from tests.support.photos import encode, real_photo
 
 pytestmark = pytest.mark.integration
 

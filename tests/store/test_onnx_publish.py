@@ -32,8 +32,8 @@ from imgclassify.store.catalog import (
     weights_object,
 )
 from imgclassify.store.objects import GcsStore
-from tests.apps import client_for
-from tests.onnx_graphs import (
+from tests.support.apps import client_for
+from tests.support.onnx_graphs import (
     colour_classifier,
     serialized,
     with_external_data,
@@ -43,7 +43,7 @@ from tests.onnx_graphs import (
     with_padding,
     with_second_input,
 )
-from tests.photos import encode, real_photo
+from tests.support.photos import encode, real_photo
 
 pytestmark = pytest.mark.integration
 

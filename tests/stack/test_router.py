@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.photos import CAT_INDICES, cat_jpeg
+from tests.support.photos import CAT_INDICES, cat_jpeg
 
 pytestmark = pytest.mark.integration
 

@@ -28,9 +28,9 @@ from PIL import Image
 from devstack.stack import LocalStack
 from imgclassify import batch
 from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore
-from tests.photos import encode, real_photo
+from tests.support.photos import encode, real_photo
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "efficientnet_lite0"
 TOP_K = 5
 BATCH_SIZE = 8          # the four-task run and the kill test use the same size, so their rows can be compared

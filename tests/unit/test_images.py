@@ -14,7 +14,7 @@ from PIL import Image
 
 from imgclassify.errors import PayloadTooLarge, ServiceError, UndecodableImage, UnsupportedMediaType
 from imgclassify.imaging.decode import decode_image, pixel_budget
-from tests.bad_inputs import (
+from tests.support.bad_inputs import (
     MISTYPED_EXIF_TAGS,
     ORIENTATION_6,
     animated_webp,
@@ -23,7 +23,7 @@ from tests.bad_inputs import (
     rotated_cat_with_mistyped_exif,
     sixteen_bit_png,
 )
-from tests.photos import encode, real_photo
+from tests.support.photos import encode, real_photo
 
 MAX_PIXELS = 50_000_000
 EXIF_ORIENTATION = 0x0112
