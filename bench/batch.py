@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devstack.emulator import StorageEmulator  # noqa: E402
-from imgclassify.publish.cli import publish_bundled  # noqa: E402
+from imgclassify.publish.sources import publish_bundled  # noqa: E402
 from imgclassify.runtime.engines import EngineOptions  # noqa: E402
 from imgclassify.runtime.registry import ModelRegistry  # noqa: E402
 from imgclassify.store.objects import GcsStore  # noqa: E402

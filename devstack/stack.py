@@ -60,7 +60,7 @@ class LocalStack:
 
     def start_storage(self, log=print) -> None:
         """Start the emulator, create the bucket and publish the bundled models that are missing."""
-        from imgclassify.publish.cli import publish_bundled
+        from imgclassify.publish.sources import publish_bundled
         from imgclassify.store.objects import open_store
 
         if self.emulator is None:

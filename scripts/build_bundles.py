@@ -132,7 +132,8 @@ def app_module(function: str) -> str:
     """``APP_MODULES[function]`` of the bootstrap, read from its source (this script imports no werkzeug)."""
     tree = ast.parse((REPO / PACKAGE / "serving" / "bootstrap.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "APP_MODULES" for target in node.targets):
+        targets = [getattr(target, "id", None) for target in getattr(node, "targets", ())]
+        if isinstance(node, ast.Assign) and "APP_MODULES" in targets:
             return ast.literal_eval(node.value)[function]
     raise SystemExit("imgclassify/serving/bootstrap.py has no APP_MODULES table")
 

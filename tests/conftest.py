@@ -13,7 +13,7 @@ import pytest
 
 from devstack.emulator import StorageEmulator
 from devstack.stack import LocalStack
-from imgclassify.publish.cli import publish_bundled
+from imgclassify.publish.sources import publish_bundled
 from imgclassify.serving.routes import FUNCTIONS
 from imgclassify.store.objects import GcsStore
 

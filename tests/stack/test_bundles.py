@@ -26,7 +26,7 @@ from packaging.version import Version
 
 from devstack.processes import REPO, free_port, spawn, stop, wait_until_answers
 from imgclassify.publish.cli import main as publish_main
-from imgclassify.publish.cli import publish_bundled
+from imgclassify.publish.sources import publish_bundled
 from imgclassify.runtime.engines import EngineOptions
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.store.objects import GcsStore

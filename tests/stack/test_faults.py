@@ -14,7 +14,7 @@ import requests
 
 from devstack.processes import rss_kib
 from devstack.stack import LocalStack
-from imgclassify.publish.cli import publish, remove, update_catalog
+from imgclassify.publish.catalog_writes import publish, remove, update_catalog
 from imgclassify.store.catalog import ArtifactRef, manifest_object, onnx_object, read_manifest
 from imgclassify.store.objects import GcsStore
 from tests.support.apps import client_for

@@ -10,8 +10,8 @@ import requests
 import torch
 from PIL import Image
 
-from imgclassify.publish.cli import bundled_state_dict_path
 from imgclassify.publish.export import LOGIT_TOLERANCE
+from imgclassify.publish.sources import bundled_state_dict_path
 from imgclassify.runtime.engines import EngineOptions
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.store.objects import GcsStore

@@ -11,7 +11,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 from imgclassify.errors import EngineUnavailable, IntegrityError
-from imgclassify.publish.cli import publish, serialize_weights
+from imgclassify.publish.catalog_writes import publish
+from imgclassify.publish.sources import serialize_weights
 from imgclassify.runtime.engines import EngineOptions, OnnxRuntimeEngine, TorchEngine, engine_for
 from imgclassify.runtime.models import load_model
 from imgclassify.runtime.registry import ModelRegistry

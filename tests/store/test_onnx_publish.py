@@ -15,8 +15,10 @@ from PIL import Image
 
 from imgclassify.errors import ExportMismatch
 from imgclassify.publish import export as onnx_export
-from imgclassify.publish.cli import main, publish_torch_module, serialize_weights, update_catalog
+from imgclassify.publish.catalog_writes import update_catalog
+from imgclassify.publish.cli import main
 from imgclassify.publish.export import LOGIT_TOLERANCE, check_batch, compare_logits
+from imgclassify.publish.sources import publish_torch_module, serialize_weights
 from imgclassify.runtime.engines import EngineOptions, TorchEngine
 from imgclassify.runtime.onnx_rules import check_onnx
 from imgclassify.runtime.registry import ModelRegistry

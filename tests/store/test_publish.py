@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import threading
@@ -13,15 +12,9 @@ from safetensors.torch import load as load_safetensors
 
 from imgclassify.errors import InvalidRequest, PublishError, UnknownVersion
 from imgclassify.publish import export as onnx_export
-from imgclassify.publish.cli import (
-    main,
-    next_version,
-    publish,
-    publish_framework_model,
-    remove,
-    serialize_weights,
-    update_catalog,
-)
+from imgclassify.publish.catalog_writes import next_version, publish, remove, update_catalog
+from imgclassify.publish.cli import main
+from imgclassify.publish.sources import publish_framework_model, serialize_weights
 from imgclassify.store.catalog import (
     CATALOG_OBJECT,
     Architecture,
@@ -350,21 +343,16 @@ def test_remove_rejects_an_invalid_name(store):
 
 # --- framework models and the command line -------------------------------------------------
 
-def framework_args(**overrides) -> argparse.Namespace:
-    """The Namespace that `python -m imgclassify.publish torchvision ...` builds (see _parser)."""
-    fields = dict(store=None, command="torchvision", library="torchvision", builder="mobilenet_v3_small",
-                  state_dict=None, pretrained=False, random_init=True, name=None, version=None, num_classes=None,
-                  labels=None, description=None, default=False, seed=0, torch_only=False)
-    fields.update(overrides)
-    return argparse.Namespace(**fields)
+def publish_mobilenet(store, **options):
+    """What `python -m imgclassify.publish torchvision mobilenet_v3_small --random-init ...` calls."""
+    return publish_framework_model(store, "torchvision", "mobilenet_v3_small", **{"random_init": True, **options})
 
 
 def test_publish_framework_model_records_random_init_classes_and_labels(store, tmp_path):
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("".join(f"label {i}\n" for i in range(10)) + "\n", encoding="utf-8")
 
-    manifest = publish_framework_model(store, framework_args(name="mnv3", num_classes=10, labels=str(labels_file),
-                                                             torch_only=True))
+    manifest = publish_mobilenet(store, name="mnv3", num_classes=10, labels_file=str(labels_file), torch_only=True)
 
     assert (manifest.name, manifest.version) == ("mnv3", "1")
     assert manifest.random_init is True
@@ -380,7 +368,7 @@ def test_publish_framework_model_records_random_init_classes_and_labels(store, t
 
 
 def test_a_torch_only_publish_writes_the_weights_alone_for_the_torch_engine(store):
-    manifest = publish_framework_model(store, framework_args(num_classes=5, torch_only=True))
+    manifest = publish_mobilenet(store, num_classes=5, torch_only=True)
 
     assert manifest.engine == "torch"
     assert set(manifest.artifacts) == {"safetensors"}
@@ -390,9 +378,9 @@ def test_a_torch_only_publish_writes_the_weights_alone_for_the_torch_engine(stor
 
 
 def test_publish_framework_model_with_the_same_seed_publishes_identical_weights(store):
-    first = publish_framework_model(store, framework_args(num_classes=5, seed=3, torch_only=True))
-    second = publish_framework_model(store, framework_args(num_classes=5, seed=3, torch_only=True))
-    other = publish_framework_model(store, framework_args(num_classes=5, seed=4, torch_only=True))
+    first = publish_mobilenet(store, num_classes=5, seed=3, torch_only=True)
+    second = publish_mobilenet(store, num_classes=5, seed=3, torch_only=True)
+    other = publish_mobilenet(store, num_classes=5, seed=4, torch_only=True)
 
     assert (first.version, second.version, other.version) == ("1", "2", "3")
     sha = [manifest.artifacts["safetensors"].sha256 for manifest in (first, second, other)]
@@ -463,3 +451,33 @@ def test_cli_refuses_to_publish_an_existing_version_before_exporting_it(tmp_path
     assert "already published" in capsys.readouterr().err
     assert snapshot(LocalStore(store_dir)) == before
     assert exports == []
+
+
+@pytest.mark.parametrize("lines", [9, 11])
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_cli_refuses_a_labels_file_whose_count_is_not_the_models_classes_and_writes_nothing(
+        source, lines, tmp_path, capsys):
+    store_dir = tmp_path / "models"
+    publish(LocalStore(store_dir), tiny_manifest(name="kept"), tiny_files())
+    before = snapshot(LocalStore(store_dir))
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("".join(f"kind {i}\n" for i in range(lines)), encoding="utf-8")
+    builder = "mobilenet_v3_small" if source == "torchvision" else "resnet18"
+
+    status = main(["--store", str(store_dir), source, builder, "--random-init", "--num-classes", "10",
+                   "--labels", str(labels_file), "--torch-only"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert error == f"error: {labels_file} holds {lines} labels; the model has 10 classes\n"
+    assert snapshot(LocalStore(store_dir)) == before
+
+
+def test_a_labels_file_with_one_label_per_class_names_the_classes(tmp_path):
+    store = LocalStore(tmp_path / "models")
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("".join(f"kind {i}\n" for i in range(4)), encoding="utf-8")
+
+    manifest = publish_mobilenet(store, num_classes=4, labels_file=str(labels_file), torch_only=True)
+
+    assert manifest.labels == ("kind 0", "kind 1", "kind 2", "kind 3")

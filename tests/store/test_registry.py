@@ -7,7 +7,7 @@ import time
 import pytest
 
 from imgclassify.errors import UnknownModel, UnknownVersion
-from imgclassify.publish.cli import publish
+from imgclassify.publish.catalog_writes import publish
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing
 from imgclassify.store.objects import LocalStore

@@ -26,8 +26,9 @@ from werkzeug.wrappers import Request, Response
 
 from devstack.processes import free_port
 from devstack.stack import LocalStack
+from imgclassify.publish.catalog_writes import remove
 from imgclassify.publish.cli import main as publish_cli
-from imgclassify.publish.cli import publish_bundled, remove
+from imgclassify.publish.sources import publish_bundled
 from imgclassify.store.objects import GcsStore
 from tests.support.counting_proxy import CountingProxy
 from tests.support.photos import cat_jpeg
