@@ -6,8 +6,10 @@ turns any of them into ``{"error": {"code", "message", "status"}}`` in one place
 (:mod:`imgclassify.serving.contract`) lists the codes from the classes here, so this module is the
 single source of the error table. Messages say what was expected and what was found.
 
-Classes with ``in_api = False`` are raised by the publisher CLI or the local router only;
-the HTTP API never answers with them.
+Classes with ``in_api = False`` (the 503 base, the local router's) are never answered by the
+HTTP API. Errors that are not the API's live with their owners and outside this hierarchy:
+the publisher's in :mod:`imgclassify.publish.errors`, a storage precondition
+(:class:`imgclassify.store.objects.GenerationMismatch`) in the store.
 """
 
 from __future__ import annotations
@@ -144,56 +146,6 @@ class MethodNotAllowed(ServiceError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": ", ".join(self.allowed)}
-
-
-# --- 409: the publisher only ------------------------------------------------------------------
-
-
-class PublishError(ServiceError):
-    """A publish or remove that cannot go ahead."""
-
-    status = 409
-    code = "PUBLISH_CONFLICT"
-    in_api = False
-    meaning = "the catalog kept changing under the publisher"
-
-
-class VersionExists(PublishError):
-    code = "VERSION_EXISTS"
-    meaning = "versions are immutable"
-
-
-class GenerationMismatch(ServiceError):
-    """A storage write's generation precondition failed: somebody else wrote the object first.
-
-    Raised by the storage layer; the publisher and the batch job each decide what it means.
-    """
-
-    status = 412
-    code = "GENERATION_MISMATCH"
-    in_api = False
-    meaning = "storage: somebody else wrote the object first"
-
-
-class InvalidWeights(PublishError):
-    status = 400
-    code = "INVALID_WEIGHTS"
-    meaning = "a checkpoint that holds no state dict"
-
-
-class InvalidModelFile(PublishError):
-    """A model file (ONNX) the publisher refuses: wrong shape, foreign operators, external data, too large."""
-
-    status = 400
-    code = "INVALID_MODEL_FILE"
-    meaning = "publish only: a model file that fails the publisher's checks"
-
-
-class ExportMismatch(PublishError):
-    """The exported ONNX graph does not give the torch model's answers on real photos."""
-
-    code = "EXPORT_MISMATCH"
-    meaning = "publish only: ONNX Runtime's logits differ from torch's beyond the tolerance"
 
 
 # --- 413, 415, 422 ----------------------------------------------------------------------------

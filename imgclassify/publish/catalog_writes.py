@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from imgclassify.errors import GenerationMismatch, InvalidRequest, PublishError, UnknownVersion, VersionExists
+from imgclassify.errors import InvalidRequest, UnknownVersion
 from imgclassify.store.catalog import (
     ARTIFACT_FILENAMES,
     CATALOG_OBJECT,
@@ -32,7 +32,9 @@ from imgclassify.store.catalog import (
     manifest_object,
     read_catalog,
 )
-from imgclassify.store.objects import ObjectStore
+from imgclassify.store.objects import GenerationMismatch, ObjectStore
+
+from .errors import PublishError, VersionExists
 
 _CATALOG_ATTEMPTS = 50
 

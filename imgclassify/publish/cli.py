@@ -16,6 +16,7 @@ from imgclassify.store.catalog import INTERPOLATIONS, OUTPUTS, parse_model_ref, 
 from imgclassify.store.objects import open_store
 
 from .catalog_writes import describe_files, remove
+from .errors import PublishError
 from .sources import BUNDLED, migrate, publish_bundled, publish_framework_model, publish_onnx_file
 
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise InvalidRequest("remove needs NAME@VERSION")
             remove(store, name, version)
             print(f"removed {name}@{version}")
-    except ServiceError as error:
+    except (ServiceError, PublishError) as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1
     except OSError as error:  # a model, labels or state-dict file that cannot be read

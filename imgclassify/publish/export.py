@@ -19,10 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from imgclassify.errors import ExportMismatch, InvalidModelFile
 from imgclassify.imaging.preprocess import preprocess
 from imgclassify.runtime.onnx_rules import GraphSignature, OnnxRuleViolation, check_onnx
 from imgclassify.store.catalog import Preprocessing
+
+from .errors import ExportMismatch, InvalidModelFile
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ import os
 from dataclasses import replace
 from typing import Any
 
-from imgclassify.errors import InvalidRequest, InvalidWeights, UnknownModel
+from imgclassify.errors import InvalidRequest, UnknownModel
 from imgclassify.store.catalog import Architecture, Manifest, Preprocessing, read_catalog, read_manifest
 from imgclassify.store.objects import ObjectStore
 
 from .catalog_writes import describe_files, next_version, publish, refuse_existing
+from .errors import InvalidWeights
 from .labels import read_labels
 
 

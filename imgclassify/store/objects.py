@@ -25,7 +25,6 @@ from stat import S_ISREG
 
 from imgclassify.errors import (
     ForbiddenSource,
-    GenerationMismatch,
     InvalidGcsUri,
     ObjectNotFound,
     PayloadTooLarge,
@@ -36,6 +35,21 @@ from imgclassify.errors import (
 # ending with a letter or digit (dotted names may be longer than 63; the service checks no more).
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{1,220}[a-z0-9]")
 _MAX_OBJECT_NAME_BYTES = 1024
+
+
+
+class GenerationMismatch(Exception):
+    """A write's generation precondition failed: somebody else wrote the object first.
+
+    Not an API error: the publisher and the batch job each decide what it means.
+    """
+
+    status = 412  # Precondition Failed, as storage itself says
+    code = "GENERATION_MISMATCH"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass(frozen=True)

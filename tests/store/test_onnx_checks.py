@@ -9,7 +9,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto
 
-from imgclassify.errors import InvalidModelFile
+from imgclassify.publish.errors import InvalidModelFile
 from imgclassify.publish.export import CHECK_PHOTOS, check_batch, check_onnx_file
 from imgclassify.runtime.onnx_rules import GraphSignature, OnnxRuleViolation, check_onnx
 from imgclassify.store.catalog import Preprocessing

@@ -13,10 +13,10 @@ import torch
 from onnx import helper, numpy_helper
 from PIL import Image
 
-from imgclassify.errors import ExportMismatch
 from imgclassify.publish import export as onnx_export
 from imgclassify.publish.catalog_writes import update_catalog
 from imgclassify.publish.cli import main
+from imgclassify.publish.errors import ExportMismatch
 from imgclassify.publish.export import LOGIT_TOLERANCE, check_batch, compare_logits
 from imgclassify.publish.sources import publish_torch_module, serialize_weights
 from imgclassify.runtime.engines import EngineOptions, TorchEngine

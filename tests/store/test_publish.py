@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from imgclassify.errors import InvalidRequest, PublishError, UnknownVersion
+from imgclassify.errors import InvalidRequest, UnknownVersion
 from imgclassify.publish import export as onnx_export
 from imgclassify.publish.catalog_writes import next_version, publish, remove, update_catalog
 from imgclassify.publish.cli import main
+from imgclassify.publish.errors import PublishError
 from imgclassify.publish.sources import publish_framework_model, serialize_weights
 from imgclassify.store.catalog import (
     CATALOG_OBJECT,
