@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from imgclassify.errors import ServiceError
 from imgclassify.logs import configure_logging
-from imgclassify.settings import ConfigError, Settings
+from imgclassify.settings import ConfigError, Settings, declared
 from imgclassify.top_k import parse_top_k
 
 from .plan import BatchConfigError, BatchOptions
@@ -39,6 +39,20 @@ def _task_index(text: str) -> int:
     return value
 
 
+def _default(env_name: str) -> str:
+    """The declared default of a batch variable (imgclassify.settings.BATCH_SETTINGS), as argparse reads it."""
+    value = declared(env_name).default
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _from(env: Mapping[str, str], env_name: str) -> str:
+    return env.get(env_name, _default(env_name))
+
+
+def _help(env_name: str) -> str:
+    return f"{declared(env_name).meaning} ({env_name}, default {_default(env_name)})"
+
+
 def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> BatchOptions:
     parser = argparse.ArgumentParser(
         prog="imgclassify-batch",
@@ -50,22 +64,20 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> BatchOptions:
                         help="gs://bucket/path/ or a local directory for the results (BATCH_OUTPUT)")
     parser.add_argument("--model", default=env.get("BATCH_MODEL") or None,
                         help="name or name@version (BATCH_MODEL; default: DEFAULT_MODEL, else the catalog's default)")
-    parser.add_argument("--top-k", type=_top_k, default=env.get("BATCH_TOP_K", "5"),
-                        help="labels per image, 1-100 (BATCH_TOP_K, default 5)")
-    parser.add_argument("--batch-size", type=_positive_int, default=env.get("BATCH_SIZE", "16"),
-                        help="images per forward pass (BATCH_SIZE, default 16)")
+    parser.add_argument("--top-k", type=_top_k, default=_from(env, "BATCH_TOP_K"),
+                        help=_help("BATCH_TOP_K"))
+    parser.add_argument("--batch-size", type=_positive_int, default=_from(env, "BATCH_SIZE"),
+                        help=_help("BATCH_SIZE"))
     parser.add_argument("--download-concurrency", type=_positive_int,
-                        default=env.get("BATCH_DOWNLOAD_CONCURRENCY", "8"),
-                        help="threads that download, decode and preprocess ahead of the model "
-                             "(BATCH_DOWNLOAD_CONCURRENCY, default 8)")
-    parser.add_argument("--chunk-size", type=_positive_int, default=env.get("BATCH_CHUNK_SIZE", "64"),
-                        help="images per output object, the unit of resumption (BATCH_CHUNK_SIZE, default 64)")
+                        default=_from(env, "BATCH_DOWNLOAD_CONCURRENCY"), help=_help("BATCH_DOWNLOAD_CONCURRENCY"))
+    parser.add_argument("--chunk-size", type=_positive_int, default=_from(env, "BATCH_CHUNK_SIZE"),
+                        help=_help("BATCH_CHUNK_SIZE"))
     parser.add_argument("--task-index", type=_task_index, default=env.get("CLOUD_RUN_TASK_INDEX", "0"),
                         help="this task's index (CLOUD_RUN_TASK_INDEX, default 0)")
     parser.add_argument("--task-count", type=_positive_int, default=env.get("CLOUD_RUN_TASK_COUNT", "1"),
                         help="number of tasks (CLOUD_RUN_TASK_COUNT, default 1)")
-    parser.add_argument("--log-every", type=float, default=env.get("BATCH_LOG_SECONDS", "30"),
-                        help="seconds between progress log lines when not on a terminal (BATCH_LOG_SECONDS)")
+    parser.add_argument("--log-every", type=float, default=_from(env, "BATCH_LOG_SECONDS"),
+                        help=_help("BATCH_LOG_SECONDS"))
     args = parser.parse_args(argv)
     if not args.input or not args.output:
         parser.error("INPUT and OUTPUT (or BATCH_INPUT and BATCH_OUTPUT) are required")

@@ -34,7 +34,7 @@ from imgclassify.store.catalog import Manifest
 if TYPE_CHECKING:
     import numpy as np
 
-DEFAULT_ENGINE = "onnxruntime"
+DEFAULT_ENGINE = Settings.engine
 MIGRATE_COMMAND = "python -m imgclassify.publish migrate"
 
 
@@ -43,10 +43,10 @@ class EngineOptions:
     """How engines run: which one is preferred and how many threads one forward may use."""
 
     preferred: str = DEFAULT_ENGINE
-    # One thread per forward: concurrent requests then run side by side, one per core, with no
-    # pool threads to wake or oversubscribe. More images per second under load, a few ms more
-    # for a lone request (the benchmark's threads A/B; figures in the README's Performance).
-    threads: int = 1          # 0: one per CPU this process may use
+    # One thread per forward by default (ENGINE_THREADS): concurrent requests then run side by
+    # side, one per core, with no pool threads to wake or oversubscribe. More images per second
+    # under load, a few ms more for a lone request (figures in the README's Performance).
+    threads: int = Settings.engine_threads  # 0: one per CPU this process may use
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:

@@ -1,9 +1,13 @@
+import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 
 from imgclassify.runtime.engines import EngineOptions
-from imgclassify.settings import ConfigError, Settings
+from imgclassify.settings import BATCH_SETTINGS, SETTINGS, ConfigError, Settings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_apply_when_the_environment_is_empty():
@@ -63,3 +67,51 @@ def test_the_engine_setting_offers_exactly_the_engines_the_runtime_has():
 
     assert settings.ENGINES == engines.ENGINES
     assert Settings().engine == engines.DEFAULT_ENGINE == engines.ENGINES[0]
+
+
+def readme_table(path: Path, heading: str, columns: int) -> list[list[str]]:
+    """The rows of the first table after ``heading`` in a Markdown file, as lists of cells."""
+    text = path.read_text().split(heading, 1)[1]
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if len(cells) == columns and not set(cells[0]) <= {"-"}:
+                rows.append(cells)
+        elif rows:
+            break
+    return rows[1:]  # after the header
+
+
+def test_the_readme_configuration_table_is_the_declared_settings_in_order():
+    rows = readme_table(REPO / "README.md", "## Configuration", 3)
+
+    assert rows == [[f"`{setting.env}`", setting.readme_default, setting.meaning] for setting in SETTINGS]
+
+
+def test_every_settings_field_is_declared_once_and_takes_its_default_from_the_declaration():
+    declared_fields = [setting.field for setting in SETTINGS if setting.field]
+    assert len(declared_fields) == len(set(declared_fields))
+    assert declared_fields == [item.name for item in dataclasses.fields(Settings)]
+    defaults = Settings()
+    for setting in SETTINGS:
+        if setting.field:
+            assert getattr(defaults, setting.field) == setting.field_default() == \
+                getattr(Settings.from_env({}), setting.field), setting.env
+
+
+def test_the_batch_docs_give_the_declared_defaults_and_the_cli_uses_them():
+    from imgclassify.batch.cli import parse_args
+
+    rows = {row[1].strip("`"): row[2] for row in readme_table(REPO / "docs" / "batch.md", "| flag |", 4)}
+    options = parse_args(["in", "out"], {})
+    for setting in BATCH_SETTINGS:
+        assert rows[setting.env] == f"{setting.default:g}", setting.env
+    assert (options.top_k, options.batch_size, options.download_concurrency, options.chunk_size,
+            options.log_every_seconds) == tuple(setting.default for setting in BATCH_SETTINGS)
+
+
+def test_the_engines_defaults_are_the_settings_defaults():
+    from imgclassify.runtime.engines import EngineOptions
+
+    assert EngineOptions() == EngineOptions.from_settings(Settings())
