@@ -187,7 +187,8 @@ def publish_framework_model(store: ObjectStore, library: str, builder: str, *, s
                                                               num_classes=num_classes)
     if state_dict:
         module.load_state_dict(load_local_state_dict(state_dict), strict=True)
-    classes = num_classes or (len(labels) if labels else None)
+    # timm modules say how wide their head is; torchvision's default weights list their classes.
+    classes = num_classes or getattr(module, "num_classes", None) or (len(labels) if labels else None)
     if labels_file:
         labels = read_labels(labels_file, expected=classes)
     elif labels is None or (classes and len(labels) != classes):

@@ -10,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
+from imgclassify import errors as api_errors
 from imgclassify.errors import InvalidRequest, UnknownVersion
+from imgclassify.publish import errors as publish_errors
 from imgclassify.publish import export as onnx_export
 from imgclassify.publish.catalog_writes import next_version, publish, remove, update_catalog
 from imgclassify.publish.cli import main
@@ -482,3 +484,15 @@ def test_a_labels_file_with_one_label_per_class_names_the_classes(tmp_path):
     manifest = publish_mobilenet(store, num_classes=4, labels_file=str(labels_file), torch_only=True)
 
     assert manifest.labels == ("kind 0", "kind 1", "kind 2", "kind 3")
+
+
+def test_the_publishers_errors_have_one_code_each_none_an_api_code_and_stand_outside_the_api_hierarchy():
+    classes = [PublishError, *PublishError.__subclasses__()]
+    codes = [cls.code for cls in classes]
+
+    assert {cls.__name__ for cls in classes} == {
+        "PublishError", "VersionExists", "InvalidWeights", "InvalidModelFile", "ExportMismatch"}
+    assert all(cls.__module__ == publish_errors.__name__ for cls in classes)
+    assert len(codes) == len(set(codes))
+    assert not set(codes) & {cls.code for cls in api_errors.all_error_classes()}
+    assert not any(issubclass(cls, api_errors.ServiceError) for cls in classes)
