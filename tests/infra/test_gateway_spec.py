@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import yaml
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation import OpenAPIV2SpecValidator
@@ -15,12 +14,6 @@ from tests.support.infra import (
     operations,
     render_spec,
 )
-
-
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> dict:
-    """The spec as Terraform renders it, with two dedicated models."""
-    return yaml.safe_load(render_spec(tmp_path_factory.mktemp("render"), DEDICATED))
 
 
 def test_spec_is_valid_openapi_2(spec):

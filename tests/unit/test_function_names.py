@@ -18,3 +18,24 @@ def test_every_function_has_its_folder_with_an_entry_point_of_its_own_name():
     for function in FUNCTIONS:
         source = (REPO / "functions" / function / "main.py").read_text()
         assert f"def {function}(request)" in source and f'create_http_app("{function}")' in source
+
+
+def test_the_bootstrap_has_one_app_module_per_function_each_building_that_functions_app():
+    import importlib
+
+    from imgclassify.serving.bootstrap import APP_MODULES, app_module
+
+    assert list(APP_MODULES) == list(FUNCTIONS)
+    for function in FUNCTIONS:
+        module = app_module(function)
+        assert module is importlib.import_module(APP_MODULES[function])
+        assert callable(module.build) and callable(module.warm)
+
+
+def test_an_unknown_function_is_refused_with_the_names_of_the_real_ones():
+    import pytest
+
+    from imgclassify.serving.bootstrap import app_module
+
+    with pytest.raises(ValueError, match="expected one of classify, list_models"):
+        app_module("resize")
