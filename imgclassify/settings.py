@@ -42,12 +42,14 @@ class Setting:
 
     @property
     def readme_default(self) -> str:
+        """The default as the README's configuration table shows it."""
         if self.shown_default is not None:
             return self.shown_default
         value = ",".join(self.default) if self.kind == "list" else self.default
         return f"`{str(value).lower() if self.kind == 'bool' else value}`"
 
     def field_default(self) -> Any:
+        """The default as the Settings field holds it (scaled to the field's unit)."""
         return self.default * self.scale if self.kind in ("int", "float") else self.default
 
     def read(self, env: Mapping[str, str]) -> Any:
