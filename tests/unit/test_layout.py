@@ -44,3 +44,14 @@ def test_the_import_contracts_cover_every_part_of_the_package():
     layered = {name.strip().removeprefix("imgclassify.") for layer in layers for name in re.split("[|:]", layer)}
     expected = {part.rstrip("/") for part in package_layout() if part != "ground"} | package_layout()["ground"]
     assert layered == expected
+
+
+def test_the_readme_lists_every_test_tier_with_its_time():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("| tier | what it proves |"):]
+    rows = [line for line in table.splitlines() if line.startswith("| `tests/")]
+    listed = {re.match(r"\| `tests/([a-z]+)`", row).group(1) for row in rows}
+    tiers = {path.parent.name for path in (REPO / "tests").glob("*/test_*.py")}
+
+    assert listed == tiers
+    assert all(re.search(r"\| [\d.]+ (s|min)[^|]* \|$", row) for row in rows), rows
