@@ -10,7 +10,7 @@ import time
 from werkzeug.wrappers import Request, Response
 
 from imgclassify.imaging.decode import pixel_budget
-from imgclassify.runtime.engines import EngineOptions, import_preferred_runtime
+from imgclassify.runtime.engines import import_preferred_runtime
 from imgclassify.runtime.models import LoadedModel
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.settings import Settings
@@ -49,14 +49,14 @@ def build(settings: Settings) -> ClassifyApp:
 
 def warm(app: ClassifyApp, settings: Settings) -> dict[str, float]:
     """Start-up before serving: the default model's preload, or at least the engine's runtime."""
-    options = EngineOptions.from_settings(settings)
+    registry = app.service.registry
     if settings.preload_default_model:
-        return preload_before_fork(app.service.registry, options)
-    import_preferred_runtime(options)  # the runtime is part of the instance, not of the first model
+        return preload_before_fork(registry)
+    import_preferred_runtime(registry.engine_options)  # part of the instance, not of the first model
     return {}
 
 
-def preload_before_fork(registry: ModelRegistry, engine_options: EngineOptions) -> dict[str, float]:
+def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
     """Fetch, verify and check the default model now, while the module is imported.
 
     functions-framework imports this module in gunicorn's parent process and then forks
@@ -70,7 +70,7 @@ def preload_before_fork(registry: ModelRegistry, engine_options: EngineOptions) 
     phases: dict[str, float] = {}
     started = time.perf_counter()
     # The runtime's import (CPU) overlaps the catalog read and the download (network).
-    importer = threading.Thread(target=import_preferred_runtime, args=(engine_options,),
+    importer = threading.Thread(target=import_preferred_runtime, args=(registry.engine_options,),
                                 name="import-runtime")
     importer.start()
     try:
