@@ -6,7 +6,6 @@ import logging
 
 from imgclassify.memory import release_free_memory
 from imgclassify.settings import Settings
-from imgclassify.store.catalog import read_manifest
 from imgclassify.store.catalog_view import CatalogView
 from imgclassify.store.objects import ObjectStore, open_store
 
@@ -62,7 +61,7 @@ class ModelRegistry:
 
     def _load(self, key: tuple[str, str]) -> LoadedModel:
         name, version = key
-        model = load_model(self.store, read_manifest(self.store, name, version), self.engine_options)
+        model = load_model(self.store, self.catalog_view.manifest(name, version), self.engine_options)
         release_free_memory()  # the download and parse buffers are gone: return their pages
         return model
 

@@ -6,7 +6,6 @@ Reads the catalog and manifests only: importing this module loads no engine, num
 from __future__ import annotations
 
 from imgclassify.settings import Settings
-from imgclassify.store.catalog import read_manifest
 from imgclassify.store.catalog_view import CatalogView
 from imgclassify.store.objects import open_store
 
@@ -32,7 +31,7 @@ class ModelListing:
         """``GET /v1/models/{name}``: the latest manifest's summary, labels, preprocessing and all versions."""
         name, version = self.catalog.resolve(name)
         catalog = self.catalog.catalog()
-        manifest = read_manifest(self.catalog.store, name, version)
+        manifest = self.catalog.manifest(name, version)
         entry = catalog.models[name]
         return {
             **manifest.summary(),

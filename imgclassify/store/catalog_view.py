@@ -10,9 +10,9 @@ import logging
 import threading
 import time
 
-from imgclassify.errors import StorageUnavailable, UnknownModel, UnknownVersion
+from imgclassify.errors import IntegrityError, StorageUnavailable, UnknownModel, UnknownVersion
 
-from .catalog import Catalog, parse_model_ref, read_catalog
+from .catalog import Catalog, Manifest, parse_model_ref, read_catalog, read_manifest
 from .objects import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -63,3 +63,17 @@ class CatalogView:
             return name, self.catalog().resolve(name, version)
         except (UnknownModel, UnknownVersion):
             return name, self.catalog(max_age_seconds=_MISS_REFRESH_SECONDS).resolve(name, version)
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        """The manifest of a resolved ``name@version``.
+
+        A manifest that cannot be read makes the catalog be read again first (at most once a
+        second): a version removed since this instance's last read is then a 404
+        (UNKNOWN_MODEL or UNKNOWN_VERSION) at once, not a 500 until the TTL runs out. Only a
+        version the fresh catalog still lists is an integrity failure.
+        """
+        try:
+            return read_manifest(self.store, name, version)
+        except IntegrityError:
+            self.catalog(max_age_seconds=_MISS_REFRESH_SECONDS).resolve(name, version)
+            raise

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from imgclassify.errors import UnknownModel, UnknownVersion
-from imgclassify.publish.catalog_writes import publish
+from imgclassify.errors import IntegrityError, UnknownModel, UnknownVersion
+from imgclassify.publish.catalog_writes import publish, remove
 from imgclassify.runtime.registry import ModelRegistry
-from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing
+from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, manifest_object
 from imgclassify.store.objects import LocalStore
 from tests.support.onnx_graphs import colour_classifier, serialized
 
@@ -104,3 +104,26 @@ def test_a_loaded_model_is_built_on_first_use_and_once(store):
     assert model.network() is network
     assert set(model.load_ms) == {"download", "verify", "check", "build", "warmup"}
     assert model.engine.name == "onnxruntime"
+
+
+def test_a_version_removed_after_the_catalog_was_read_is_a_404_at_once_not_an_integrity_error(store):
+    publish_tiny(store, "tiny", "1")
+    publish_tiny(store, "other", "1")
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=3600)
+    assert registry.resolve("tiny") == ("tiny", "1")  # the instance's catalog now lists tiny@1
+    time.sleep(1.1)  # past the re-read limit of one a second
+
+    remove(store, "tiny", "1")
+
+    with pytest.raises(UnknownModel):
+        registry.get("tiny@1")
+    assert registry.get("other")[0].manifest.name == "other"
+
+
+def test_a_manifest_missing_while_the_fresh_catalog_still_lists_it_is_an_integrity_error(store):
+    publish_tiny(store, "tiny", "1")
+    registry = ModelRegistry.over(store, cache_budget_bytes=2**30, catalog_ttl_seconds=3600)
+    store.delete(manifest_object("tiny", "1"))
+
+    with pytest.raises(IntegrityError, match="the catalog lists tiny@1 but its manifest is missing"):
+        registry.get("tiny@1")
