@@ -41,12 +41,20 @@ class Setting:
     check: Callable[[Any], None] | None = None  # a further rule, raising ConfigError
 
     @property
+    def default_text(self) -> str:
+        """The default as it is written in the environment (``30`` for 30.0, ``true``, ``a,b``)."""
+        if self.kind == "list":
+            return ",".join(self.default)
+        if self.kind == "bool":
+            return str(self.default).lower()
+        return f"{self.default:g}" if self.kind == "float" else str(self.default)
+
+    @property
     def readme_default(self) -> str:
         """The default as the README's configuration table shows it."""
         if self.shown_default is not None:
             return self.shown_default
-        value = ",".join(self.default) if self.kind == "list" else self.default
-        return f"`{str(value).lower() if self.kind == 'bool' else value}`"
+        return f"`{self.default_text}`"
 
     def field_default(self) -> Any:
         """The default as the Settings field holds it (scaled to the field's unit)."""
@@ -113,30 +121,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHE_BUDGET_MB", "int", 2048, "bytes of loaded models kept warm per instance",
             field="cache_budget_bytes", low=1, high=1_000_000, scale=MB),
     Setting("CATALOG_TTL_SECONDS", "float", 30.0, "how long the catalog is trusted before re-reading; also "
-            "`Cache-Control: max-age` of the list", field="catalog_ttl_seconds", low=0.0, high=86_400.0,
-            shown_default="`30`"),
+            "`Cache-Control: max-age` of the list", field="catalog_ttl_seconds", low=0.0, high=86_400.0),
     Setting("PRELOAD_DEFAULT_MODEL", "bool", True, "load the default model at start-up (classify)",
             field="preload_default_model"),
     Setting("MAX_REQUEST_MB", "int", 20, "largest request body", field="max_request_bytes", low=1, high=1024,
             scale=MB),
     Setting("MAX_IMAGE_PIXELS", "int", 50_000_000, "largest image, in pixels (decompression-bomb guard)",
-            field="max_image_pixels", low=1, high=1_000_000_000, shown_default="`50000000`"),
+            field="max_image_pixels", low=1, high=1_000_000_000),
     Setting("MAX_IMAGES_PER_REQUEST", "int", 32, "most images in one request", field="max_images_per_request",
             low=1, high=1024),
     Setting("MAX_REQUEST_PIXELS", "int", 100_000_000, "most pixels one request may decode, all its images "
             "together (413 `PIXEL_BUDGET_EXCEEDED` beyond)", field="max_request_pixels", low=1,
-            high=10_000_000_000, shown_default="`100000000`"),
+            high=10_000_000_000),
     Setting("MODEL_LOAD_WAIT_SECONDS", "float", 60.0, "longest wait for another request's load of the same "
-            "model (503 `MODEL_LOADING` beyond)", field="model_load_wait_seconds", low=0.1, high=3600.0,
-            shown_default="`60`"),
+            "model (503 `MODEL_LOADING` beyond)", field="model_load_wait_seconds", low=0.1, high=3600.0),
     Setting("ALLOWED_GCS_BUCKETS", "list", (), "comma-separated buckets `gcs_uri` inputs may come from",
             field="allowed_gcs_buckets", shown_default="none"),
     Setting("CORS_ALLOWED_ORIGINS", "list", ("*",), "comma-separated origins allowed to call the API from a "
             "browser", field="cors_allowed_origins"),
     Setting("STORAGE_TIMEOUT_SECONDS", "float", 30.0, "timeout of one storage request",
-            field="storage_timeout_seconds", low=0.1, high=600.0, shown_default="`30`"),
+            field="storage_timeout_seconds", low=0.1, high=600.0),
     Setting("STORAGE_RETRY_SECONDS", "float", 10.0, "how long transient storage errors are retried before a 503",
-            field="storage_retry_seconds", low=0.0, high=600.0, shown_default="`10`"),
+            field="storage_retry_seconds", low=0.0, high=600.0),
     Setting("DOWNLOAD_SLICE_MB", "int", 8, "size of the parallel ranged reads of model files",
             field="download_slice_bytes", low=1, high=1024, scale=MB),
     Setting("DOWNLOAD_WORKERS", "int", 8, "parallel ranged reads per download", field="download_workers",
@@ -156,7 +162,7 @@ SETTINGS: tuple[Setting, ...] = (
             "(e.g. an internal image server)", field="url_allowed_networks", shown_default="none",
             check=_check_networks),
     Setting("URL_FETCH_TIMEOUT_SECONDS", "float", 10.0, "time cap of one URL fetch, redirects included",
-            field="url_fetch_timeout_seconds", low=0.1, high=120.0, shown_default="`10`"),
+            field="url_fetch_timeout_seconds", low=0.1, high=120.0),
     Setting("STORAGE_EMULATOR_HOST", "str", None, "storage emulator URL (set by `make dev` and the tests)",
             shown_default="none"),
 )

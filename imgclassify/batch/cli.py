@@ -41,8 +41,7 @@ def _task_index(text: str) -> int:
 
 def _default(env_name: str) -> str:
     """The declared default of a batch variable (imgclassify.settings.BATCH_SETTINGS), as argparse reads it."""
-    value = declared(env_name).default
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return declared(env_name).default_text
 
 
 def _from(env: Mapping[str, str], env_name: str) -> str:
