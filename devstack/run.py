@@ -5,11 +5,33 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
 from .processes import REPO
 from .stack import FUNCTIONS, LocalStack
+
+# The README's photo too: scikit-image's "chelsea" (public domain), a tabby cat.
+SAMPLE_PHOTO = REPO / "scripts" / "data" / "chelsea.jpg"
+
+
+def banner(stack: LocalStack) -> str:
+    """What a user needs once the stack answers: its URL, a first request, and the lines that
+    point the publisher and the batch job at this stack's store."""
+    photo = os.path.relpath(SAMPLE_PHOTO)
+    python = os.path.relpath(sys.executable) if sys.prefix != sys.base_prefix else sys.executable
+    return f"""
+Serving on {stack.url}/  (Ctrl-C stops everything)
+
+  curl {stack.url}/v1/models
+  curl --data-binary @{photo} -H 'Content-Type: image/jpeg' {stack.url}/v1/models/efficientnet_lite0:classify
+
+To publish to this stack (or run the batch job on it), in another shell:
+
+  export MODEL_STORE={stack.model_store} STORAGE_EMULATOR_HOST={stack.emulator.url}
+  {python} -m imgclassify.publish list
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(bucket=args.bucket, router_port=args.port, emulator_port=args.emulator_port,
                        data_dir=local / "gcs", log_dir=local / "logs", bundled_models=args.models or None)
     # SIGTERM (kill, systemd) and SIGHUP (the terminal closed) stop as gracefully as Ctrl-C,
-    # even during start-up; SIGKILL cannot be caught: then the servers' parent-death signal
-    # ends them (processes.spawn).
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # even during start-up; SIGINT too when a script started this in the background (a shell
+    # then starts it with SIGINT ignored). SIGKILL cannot be caught: then the servers'
+    # parent-death signal ends them (processes.spawn).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.default_int_handler)
     try:
         print(f"storage emulator on 127.0.0.1:{args.emulator_port} (data in {local / 'gcs'})", flush=True)
@@ -39,12 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"starting {function} (logs in {local / 'logs' / function}.log)", flush=True)
             stack.start_function(function)
         stack.start_router()
-        print(f"""
-Serving on {stack.url}/  (Ctrl-C stops everything)
-
-  curl {stack.url}/v1/models
-  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {stack.url}/v1/models/efficientnet_lite0:classify
-""", flush=True)
+        print(banner(stack), flush=True)
         threading.Event().wait()  # until a signal interrupts it
     except KeyboardInterrupt:
         pass

@@ -13,7 +13,7 @@ import sys
 
 from imgclassify.errors import InvalidRequest, ServiceError
 from imgclassify.store.catalog import INTERPOLATIONS, OUTPUTS, parse_model_ref, read_catalog
-from imgclassify.store.objects import open_store
+from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore, open_store
 
 from .catalog_writes import describe_files, remove
 from .errors import PublishError
@@ -68,39 +68,58 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _store_text(store: ObjectStore) -> str:
+    """The store a command used, as its user must see it: a bucket on an emulator says so."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if isinstance(store, GcsStore) and emulator:
+        return f"{store.uri} (the storage emulator at {emulator})"
+    return store.uri
+
+
+def _note_if_missing(store: ObjectStore) -> None:
+    # A mistyped or unset MODEL_STORE falls back to a local directory; an empty answer from a
+    # directory that does not exist must not pass for an empty bucket.
+    if isinstance(store, LocalStore) and not store.root.exists():
+        print(f"note: {store.uri} does not exist; set MODEL_STORE or --store to the store you mean "
+              "(make dev prints the lines for its own)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     store = open_store(args.store)
+    where = _store_text(store)
     try:
         if args.command == "bundled":
             published = publish_bundled(store, args.names or None)
-            print(f"bundled models: {len(published)} published, the rest were already there")
+            print(f"bundled models in {where}: {len(published)} published, the rest were already there")
         elif args.command in ("torchvision", "timm"):
             manifest = publish_framework_model(
                 store, args.library, args.builder, state_dict=args.state_dict, pretrained=args.pretrained,
                 random_init=args.random_init, seed=args.seed, name=args.name, version=args.version,
                 num_classes=args.num_classes, labels_file=args.labels, description=args.description,
                 make_default=args.default, torch_only=args.torch_only)
-            print(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)})")
+            print(f"published {manifest.name}@{manifest.version} to {where} ({describe_files(manifest)})")
         elif args.command == "onnx":
             manifest = publish_onnx_file(
                 store, args.file, labels_file=args.labels, crop_size=args.crop_size, resize=args.resize,
                 interpolation=args.interpolation, mean=tuple(args.mean), std=tuple(args.std), output=args.output,
                 max_mb=args.max_mb, name=args.name, version=args.version, description=args.description,
                 licence=args.licence, make_default=args.default)
-            print(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)})")
+            print(f"published {manifest.name}@{manifest.version} to {where} ({describe_files(manifest)})")
         elif args.command == "migrate":
             migrated = migrate(store, args.names or None)
-            print(f"migrated {len(migrated)} models; the rest already had model.onnx")
+            print(f"migrated {len(migrated)} models in {where}; the rest already had model.onnx")
         elif args.command == "list":
+            _note_if_missing(store)
             catalog, _ = read_catalog(store)
-            print(json.dumps({"default_model": catalog.default_name(), "models": catalog.listing()}, indent=2))
+            print(json.dumps({"store": store.uri, "default_model": catalog.default_name(),
+                              "models": catalog.listing()}, indent=2))
         elif args.command == "remove":
             name, version = parse_model_ref(args.ref)
             if version is None:
                 raise InvalidRequest("remove needs NAME@VERSION")
             remove(store, name, version)
-            print(f"removed {name}@{version}")
+            print(f"removed {name}@{version} from {where}")
     except (ServiceError, PublishError) as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1

@@ -228,9 +228,15 @@ class _CountingReader(io.BytesIO):
 @functools.lru_cache(maxsize=1)
 def _storage_client():
     # Imported here: only gs:// stores pay for the client library.
+    from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
 
-    return storage.Client()
+    try:
+        return storage.Client()
+    except DefaultCredentialsError:
+        raise StorageUnavailable(
+            "no Google Cloud credentials: run `gcloud auth application-default login`, or set "
+            "STORAGE_EMULATOR_HOST to use a storage emulator (make dev prints the lines for its own)") from None
 
 
 def _reset_client_after_fork() -> None:

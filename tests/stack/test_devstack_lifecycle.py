@@ -7,6 +7,7 @@ signals the runner, and waits until none of it is left."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -102,3 +103,48 @@ def test_a_spawned_server_dies_with_the_process_that_spawned_it(tmp_path):
     parent.wait(timeout=30)
 
     assert wait_until_gone({child}) == set()
+
+
+def test_make_dev_started_by_a_script_prints_lines_that_reach_its_store_and_stops_on_ctrl_c(data_dir):
+    """A script's `make dev &` starts it with SIGINT ignored; it still stops on SIGINT. The
+    banner's first request works as printed, and its export line points the publisher at the
+    stack's own bucket on the emulator."""
+    port, emulator_port = free_port(), free_port()
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "devstack.run", "--port", str(port), "--emulator-port", str(emulator_port),
+         "--data-dir", str(data_dir), "--models", "efficientnet_lite0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "STORAGE_EMULATOR_HOST": ""},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        printed = []
+        while not any("imgclassify.publish list" in line for line in printed):
+            line = runner.stdout.readline()
+            assert line, f"make dev ended before its banner: {printed}"
+            printed.append(line.strip())
+        [curl] = [line for line in printed if line.startswith("curl --data-binary")]
+        [export] = [line for line in printed if line.startswith("export ")]
+
+        photo = curl.split("@", 1)[1].split()[0]
+        answer = requests.post(curl.split()[-1], data=(REPO / photo).read_bytes(),
+                               headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert answer.status_code == 200
+        assert answer.json()["results"][0]["predictions"][0]["label"] in {"tabby", "tiger cat", "Egyptian cat"}
+
+        exported = dict(pair.split("=", 1) for pair in export.removeprefix("export ").split())
+        assert exported == {"MODEL_STORE": "gs://imgclassify-models",
+                            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{emulator_port}"}
+        listed = subprocess.run([sys.executable, "-m", "imgclassify.publish", "list"], cwd=REPO,
+                                env={**os.environ, **exported}, capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0, listed.stderr
+        catalog = json.loads(listed.stdout)
+        assert catalog["store"] == "gs://imgclassify-models"
+        assert [model["name"] for model in catalog["models"]] == ["efficientnet_lite0"]
+
+        tree = descendants(runner.pid)
+        runner.send_signal(signal.SIGINT)
+        runner.wait(timeout=60)
+        assert wait_until_gone(tree) == set()
+    finally:
+        if runner.poll() is None:
+            runner.kill()

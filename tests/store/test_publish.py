@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -395,8 +398,8 @@ def test_cli_publishes_lists_and_removes_a_random_init_torchvision_model_with_on
     store_dir = str(tmp_path / "models")
 
     assert main(["--store", store_dir, "torchvision", "mobilenet_v3_small", "--random-init"]) == 0
-    assert "published mobilenet_v3_small@1" in capsys.readouterr().out
     stored = LocalStore(store_dir)
+    assert f"published mobilenet_v3_small@1 to {stored.uri} (" in capsys.readouterr().out
     assert stored.list("models/mobilenet_v3_small/1/") == [
         manifest_object("mobilenet_v3_small", "1"), onnx_object("mobilenet_v3_small", "1"),
         weights_object("mobilenet_v3_small", "1")]
@@ -414,10 +417,49 @@ def test_cli_publishes_lists_and_removes_a_random_init_torchvision_model_with_on
     assert row["versions"] == ["1"]
 
     assert main(["--store", store_dir, "remove", "mobilenet_v3_small@1"]) == 0
-    assert "removed mobilenet_v3_small@1" in capsys.readouterr().out
+    assert f"removed mobilenet_v3_small@1 from {stored.uri}" in capsys.readouterr().out
     assert main(["--store", store_dir, "list"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"default_model": None, "models": []}
+    assert json.loads(capsys.readouterr().out) == {"store": stored.uri, "default_model": None, "models": []}
     assert LocalStore(store_dir).list("models/mobilenet_v3_small/") == []
+
+
+def test_cli_list_of_a_local_directory_that_does_not_exist_says_so_instead_of_passing_for_empty(
+        tmp_path, capsys):
+    missing = tmp_path / "typo"
+
+    assert main(["--store", str(missing), "list"]) == 0
+
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["store"] == str(missing)
+    assert captured.err == (f"note: {missing} does not exist; set MODEL_STORE or --store to the store you mean "
+                            "(make dev prints the lines for its own)\n")
+    assert not missing.exists()
+
+
+def test_cli_names_a_bucket_on_the_emulator_as_such(gcs_store, emulator, capsys):
+    publish(gcs_store, tiny_manifest(), tiny_files())
+    capsys.readouterr()
+
+    assert main(["--store", gcs_store.uri, "remove", "tiny@1"]) == 0
+
+    assert capsys.readouterr().out == f"removed tiny@1 from {gcs_store.uri} (the storage emulator at {emulator.url})\n"
+
+
+def test_cli_without_google_cloud_credentials_prints_one_error_line(tmp_path):
+    # A clean process: no emulator, no credentials file, and no probe of the metadata server
+    # (NO_GCE_CHECK), so nothing is contacted.
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path), NO_GCE_CHECK="true")
+
+    done = subprocess.run([sys.executable, "-m", "imgclassify.publish", "--store", "gs://some-bucket", "list"],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == ("error: no Google Cloud credentials: run `gcloud auth application-default login`, "
+                           "or set STORAGE_EMULATOR_HOST to use a storage emulator "
+                           "(make dev prints the lines for its own)\n")
 
 
 @pytest.mark.parametrize("ref, message", [
