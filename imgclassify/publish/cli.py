@@ -98,14 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                 random_init=args.random_init, seed=args.seed, name=args.name, version=args.version,
                 num_classes=args.num_classes, labels_file=args.labels, description=args.description,
                 make_default=args.default, torch_only=args.torch_only)
-            print(f"published {manifest.name}@{manifest.version} to {where} ({describe_files(manifest)})")
+            print(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)}) to {where}")
         elif args.command == "onnx":
             manifest = publish_onnx_file(
                 store, args.file, labels_file=args.labels, crop_size=args.crop_size, resize=args.resize,
                 interpolation=args.interpolation, mean=tuple(args.mean), std=tuple(args.std), output=args.output,
                 max_mb=args.max_mb, name=args.name, version=args.version, description=args.description,
                 licence=args.licence, make_default=args.default)
-            print(f"published {manifest.name}@{manifest.version} to {where} ({describe_files(manifest)})")
+            print(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)}) to {where}")
         elif args.command == "migrate":
             migrated = migrate(store, args.names or None)
             print(f"migrated {len(migrated)} models in {where}; the rest already had model.onnx")

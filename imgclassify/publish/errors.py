@@ -26,7 +26,7 @@ class VersionExists(PublishError):
 
 
 class InvalidWeights(PublishError):
-    """A checkpoint that holds no state dict."""
+    """A checkpoint that holds no state dict, or one that does not fit the architecture."""
 
     status = 400
     code = "INVALID_WEIGHTS"

@@ -132,12 +132,16 @@ def check_onnx_file(data: bytes, labels: Sequence[str], preprocessing: Preproces
     width = signature.output_shape[1]
     if isinstance(width, int) and width != len(labels):
         raise InvalidModelFile(f"the output has {width} classes but {len(labels)} labels were given")
+    if isinstance(signature.input_shape[0], int):
+        raise InvalidModelFile(f"the input's batch dimension is fixed at {signature.input_shape[0]}; export it "
+                               "dynamic (torch.onnx.export(..., dynamic_shapes=...): see the README)")
     batch = check_batch(preprocessing)
     try:
         output = _session(data).run(None, {signature.input_name: batch})[0]
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        raise InvalidModelFile(f"a trial run on {len(batch)} photos at once failed (the batch dimension must "
-                               f"be dynamic): {str(error).splitlines()[0][:300]}") from None
+        raise InvalidModelFile(f"a trial run on {len(batch)} photos at once failed (does a node fix the batch "
+                               f"size?): "
+                               f"{' '.join(str(error).split())[:1000]}") from None
     if output.shape != (len(batch), len(labels)):
         raise InvalidModelFile(f"a trial run on {len(batch)} photos gave an output of shape {list(output.shape)}; "
                                f"expected [{len(batch)}, {len(labels)}]")

@@ -93,6 +93,23 @@ def load_local_state_dict(path: str) -> dict:
     return state
 
 
+def load_fitting(module, state: dict, path: str, architecture: str) -> None:
+    """Load ``state`` into ``module``; InvalidWeights, in one sentence, unless every key and shape fits."""
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor whose shape differs; torch lists every one
+        mismatches = str(error).count("size mismatch for")
+        first = " ".join(str(error).split("size mismatch for")[1].split())
+        raise InvalidWeights(f"{path} does not fit {architecture}: {mismatches} tensors have another shape; "
+                             f"the first, {first[:300]}") from None
+    problems = [f"{len(keys)} {kind} (first {keys[0]!r})"
+                for kind, keys in (("tensors missing", result.missing_keys),
+                                   ("unexpected tensors", result.unexpected_keys)) if keys]
+    if problems:
+        raise InvalidWeights(f"{path} does not fit {architecture}: {', '.join(problems)}; "
+                             "is it a state dict of this architecture (and --num-classes)?")
+
+
 def bundled_manifest(name: str, labels: tuple[str, ...]) -> Manifest:
     package, _, builder, crop, top1 = BUNDLED[name]
     return Manifest(
@@ -186,7 +203,7 @@ def publish_framework_model(store: ObjectStore, library: str, builder: str, *, s
     module, preprocessing, labels, metadata = framework_model(library, builder, pretrained=pretrained,
                                                               num_classes=num_classes)
     if state_dict:
-        module.load_state_dict(load_local_state_dict(state_dict), strict=True)
+        load_fitting(module, load_local_state_dict(state_dict), state_dict, f"{library} {builder}")
     # timm modules say how wide their head is; torchvision's default weights list their classes.
     classes = num_classes or getattr(module, "num_classes", None) or (len(labels) if labels else None)
     if labels_file:

@@ -18,6 +18,7 @@ from tests.support.onnx_graphs import (
     serialized,
     with_external_data,
     with_foreign_node,
+    with_inner_batch_of_one,
     with_input_shape,
     with_input_type,
     with_local_function,
@@ -114,12 +115,13 @@ def test_check_photos_are_real_preprocessed_photos():
 
 @pytest.mark.parametrize("bad, message", [
     (colour_classifier(4), "the output has 4 classes but 3 labels were given"),
-    (colour_classifier(3, batch=1), "a trial run on 4 photos at once failed (the batch dimension must be dynamic)"),
+    (colour_classifier(3, batch=1), "the input's batch dimension is fixed at 1; export it dynamic"),
+    (with_inner_batch_of_one(colour_classifier(3)), "Input shape:{4,3,1,1}, requested shape:{1,3}"),
     (colour_classifier(3, size=64), "the input's height is 64 but the preprocessing crops to 32; pass --crop-size 64"),
     (colour_classifier(3, weight=np.full((3, 3), np.nan)), "a trial run on real photos gave NaN or infinite scores"),
     (colour_classifier(3, weight=np.full((3, 3), np.inf)), "a trial run on real photos gave NaN or infinite scores"),
     (with_foreign_node(colour_classifier(3)), "non-standard domains"),
-], ids=["width-not-label-count", "fixed-batch-1", "fixed-size", "nan", "inf", "vendor-domain"])
+], ids=["width-not-label-count", "fixed-batch-1", "inner-batch-1", "fixed-size", "nan", "inf", "vendor-domain"])
 def test_a_bad_file_is_refused_with_a_clear_message(bad, message):
     with pytest.raises(InvalidModelFile) as caught:
         check_onnx_file(serialized(bad), LABELS, SMALL)

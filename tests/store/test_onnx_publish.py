@@ -264,7 +264,7 @@ BAD_FILES = {
     "external-data": (lambda: serialized(with_external_data(colour_classifier(3), "/etc/passwd")), (),
                       "tensor 'weight' refers to external data"),
     "fixed-batch-1": (lambda: serialized(colour_classifier(3, batch=1)), (),
-                      "the batch dimension must be dynamic"),
+                      "the input's batch dimension is fixed at 1; export it dynamic"),
     "over-max-mb": (lambda: serialized(with_padding(colour_classifier(3), 2**20)), ("--max-mb", "1"),
                     "the limit is 1,048,576"),
     "not-onnx": (lambda: encode(real_photo("chelsea")), (), "not an ONNX model"),

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 import torch
+import torchvision
 from safetensors.torch import load as load_safetensors
 
 from imgclassify import errors as api_errors
@@ -399,7 +400,8 @@ def test_cli_publishes_lists_and_removes_a_random_init_torchvision_model_with_on
 
     assert main(["--store", store_dir, "torchvision", "mobilenet_v3_small", "--random-init"]) == 0
     stored = LocalStore(store_dir)
-    assert f"published mobilenet_v3_small@1 to {stored.uri} (" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("published mobilenet_v3_small@1 (") and out.endswith(f") to {stored.uri}\n")
     assert stored.list("models/mobilenet_v3_small/1/") == [
         manifest_object("mobilenet_v3_small", "1"), onnx_object("mobilenet_v3_small", "1"),
         weights_object("mobilenet_v3_small", "1")]
@@ -516,6 +518,28 @@ def test_cli_refuses_a_labels_file_whose_count_is_not_the_models_classes_and_wri
     error = capsys.readouterr().err
     assert error == f"error: {labels_file} holds {lines} labels; the model has 10 classes\n"
     assert snapshot(LocalStore(store_dir)) == before
+
+
+@pytest.mark.parametrize("checkpoint, message", [
+    (lambda: torchvision.models.resnet18(num_classes=10).state_dict(),
+     "does not fit torchvision mobilenet_v3_small: 210 tensors missing (first 'features.0.0.weight'), "
+     "122 unexpected tensors (first 'conv1.weight'); is it a state dict of this architecture (and --num-classes)?"),
+    (lambda: torchvision.models.mobilenet_v3_small(num_classes=10).state_dict(),
+     "does not fit torchvision mobilenet_v3_small: 2 tensors have another shape; the first, classifier.3.weight: "
+     "copying a param with shape torch.Size([10, 1024]) from checkpoint, the shape in current model is "
+     "torch.Size([1000, 1024])."),
+], ids=["other-architecture", "other-class-count"])
+def test_cli_refuses_a_state_dict_that_does_not_fit_the_architecture_in_one_line(checkpoint, message, tmp_path,
+                                                                                  capsys):
+    store_dir = tmp_path / "models"
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint(), path)
+
+    status = main(["--store", str(store_dir), "torchvision", "mobilenet_v3_small", "--state-dict", str(path)])
+
+    assert status == 1
+    assert capsys.readouterr().err == f"error: {path} {message}\n"
+    assert not store_dir.exists()
 
 
 def test_a_labels_file_with_one_label_per_class_names_the_classes(tmp_path):

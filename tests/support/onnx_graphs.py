@@ -165,3 +165,13 @@ def with_sparse_external_data(model: onnx.ModelProto, where: str, location: str 
         sparse = helper.make_sparse_tensor(_stored_externally(values, location), indices, [3])
         bad.graph.node.insert(0, helper.make_node("Constant", [], ["unused"], sparse_value=sparse))
     return bad
+
+
+def with_inner_batch_of_one(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A classifier whose input declares a dynamic batch but whose graph reshapes to a batch of one
+    (what a hand-written export with a hard-coded view does): it fails only when run on more."""
+    bad = _copy(model)
+    flatten = next(node for node in bad.graph.node if node.op_type == "Flatten")
+    bad.graph.initializer.append(numpy_helper.from_array(np.array([1, 3], dtype=np.int64), "one_row"))
+    flatten.CopyFrom(helper.make_node("Reshape", ["pooled", "one_row"], ["flat"]))
+    return bad
