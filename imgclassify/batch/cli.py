@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-from imgclassify.errors import ServiceError
+from imgclassify.errors import ServiceError, UnknownModel, UnknownVersion
 from imgclassify.logs import configure_logging
 from imgclassify.settings import ConfigError, Settings, declared
 from imgclassify.top_k import parse_top_k
@@ -94,9 +94,14 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     options = parse_args(argv, env)
     configure_logging()
     try:
-        run_task(options, Settings.from_env(env))
+        settings = Settings.from_env(env)
+        run_task(options, settings)
     except (BatchConfigError, ConfigError) as error:
         log.error("%s", error)
+        return 2
+    except (UnknownModel, UnknownVersion) as error:  # say where the job looked
+        log.error("%s: %s (model store: %s, from MODEL_STORE)", error.code, error.message,
+                  settings.model_store)
         return 2
     except ServiceError as error:
         log.error("%s: %s", error.code, error.message)

@@ -94,6 +94,13 @@ def _create_or_read_json(store: ObjectStore, name: str, value: dict) -> dict:
         return json.loads(store.read(name).data)
 
 
+def check_input(source: ObjectStore) -> None:
+    """Refuse an input with nothing in it (a typo, a bucket that does not exist) before the run
+    writes anything: a ``job.json`` pinned to a wrong input would refuse the corrected run."""
+    if source.is_empty():
+        raise ObjectNotFound(f"{source.uri} holds no objects; is INPUT right?")
+
+
 def pin_job(output: ObjectStore, source: ObjectStore, options: BatchOptions, registry: ModelRegistry) -> dict:
     """``job.json``: the parameters every task and every retry must share, with the model version fixed.
 

@@ -13,7 +13,7 @@ from imgclassify.settings import Settings
 from imgclassify.store.objects import open_store
 
 from .pipeline import classify_chunks, read_chunk_counts
-from .plan import BatchOptions, chunked, completed_chunks, pin_job, pin_plan, task_dir
+from .plan import BatchOptions, check_input, chunked, completed_chunks, pin_job, pin_plan, task_dir
 from .progress import Progress
 
 log = logging.getLogger(__package__)  # "imgclassify.batch" in every part, and under python -m
@@ -25,6 +25,7 @@ def run_task(options: BatchOptions, settings: Settings) -> dict:
     registry = ModelRegistry.from_settings(settings)
     source = open_store(options.input, **settings.gcs_options())
     output = open_store(options.output, **settings.gcs_options())
+    check_input(source)
     job = pin_job(output, source, options, registry)
     images = pin_plan(output, source, options)
     chunks = chunked(images, options.chunk_size)

@@ -117,6 +117,10 @@ class ObjectStore(ABC):
     def list(self, prefix: str) -> list[str]:
         """Names under ``prefix``, sorted."""
 
+    def is_empty(self, prefix: str = "") -> bool:
+        """Whether nothing is stored under ``prefix`` (without listing everything where the backend can)."""
+        return not self.list(prefix)
+
     def download(self, name: str) -> bytes:
         """Read a possibly large object, in parallel where the backend can."""
         return self.read(name).data
@@ -248,15 +252,16 @@ os.register_at_fork(after_in_child=_reset_client_after_fork)
 
 
 @contextlib.contextmanager
-def _translated_errors(uri: str) -> Iterator[None]:
-    """Turn the client library's exceptions into the service's own."""
+def _translated_errors(uri: str, missing: str | None = None) -> Iterator[None]:
+    """Turn the client library's exceptions into the service's own; ``missing`` says what a 404
+    means where it cannot be the object (a write or a listing: the bucket)."""
     from google.api_core import exceptions as gexc
     from requests import exceptions as rexc
 
     try:
         yield
     except gexc.NotFound:
-        raise ObjectNotFound(f"{uri} does not exist") from None
+        raise ObjectNotFound(missing or f"{uri} does not exist") from None
     except gexc.PreconditionFailed:
         raise GenerationMismatch(f"{uri} was changed by somebody else") from None
     except gexc.Forbidden:
@@ -289,6 +294,9 @@ class GcsStore(ObjectStore):
 
     def _uri(self, name: str) -> str:
         return f"gs://{self.bucket_name}/{self.prefix}{name}"
+
+    def _missing_bucket(self) -> str:
+        return f"the bucket gs://{self.bucket_name} does not exist"
 
     def read(self, name: str) -> StoredObject:
         blob = self._blob(name)
@@ -337,7 +345,7 @@ class GcsStore(ObjectStore):
               progress: Callable[[int], object] | None = None) -> int:
         blob = self._blob(name)
         content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
-        with _translated_errors(self._uri(name)):
+        with _translated_errors(self._uri(name), self._missing_bucket()):
             blob.upload_from_file(
                 _CountingReader(data, progress),
                 size=len(data),
@@ -355,12 +363,18 @@ class GcsStore(ObjectStore):
             )
 
     def list(self, prefix: str) -> list[str]:
-        with _translated_errors(self._uri(prefix)):
+        with _translated_errors(self._uri(prefix), self._missing_bucket()):
             blobs = _storage_client().list_blobs(
                 self.bucket_name, prefix=self.prefix + prefix, retry=self.retry, timeout=self.timeout
             )
             names = [blob.name[len(self.prefix):] for blob in blobs]
         return sorted(names)
+
+    def is_empty(self, prefix: str = "") -> bool:
+        with _translated_errors(self._uri(prefix), self._missing_bucket()):
+            blobs = _storage_client().list_blobs(self.bucket_name, prefix=self.prefix + prefix, max_results=1,
+                                                 retry=self.retry, timeout=self.timeout)
+            return next(iter(blobs), None) is None
 
 
 def open_store(location: str, **gcs_options) -> ObjectStore:

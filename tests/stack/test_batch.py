@@ -414,6 +414,38 @@ def test_chunks_done_earlier_are_skipped_and_counted_on_a_local_store(tmp_path, 
     assert second["error_codes"] == first["error_codes"] == {"UNDECODABLE_IMAGE": 8, "UNSUPPORTED_IMAGE_FORMAT": 1}
 
 
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_a_bucket_that_does_not_exist_is_named_and_nothing_of_the_run_is_written(where, tmp_path, emulator,
+                                                                                  models_bucket, capsys):
+    upload(LocalStore(tmp_path / "in"), generated_images(2, seed=4))
+    missing = f"gs://missing-{uuid.uuid4().hex[:12]}/run/"
+    args = [missing, str(tmp_path / "out")] if where == "input" else [str(tmp_path / "in"), missing]
+
+    assert batch.main([*args, "--model", MODEL], job_env(emulator, models_bucket)) == 2
+
+    assert f"OBJECT_NOT_FOUND: the bucket {missing.removesuffix('/run/')} does not exist" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_input_is_refused_before_the_run_writes_anything(tmp_path, emulator, models_bucket, capsys):
+    (tmp_path / "in").mkdir()
+
+    assert batch.main([str(tmp_path / "in"), str(tmp_path / "out")], job_env(emulator, models_bucket)) == 2
+
+    assert f"OBJECT_NOT_FOUND: {tmp_path / 'in'} holds no objects; is INPUT right?" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_a_published_model_the_job_names_the_store_it_read(tmp_path, capsys):
+    upload(LocalStore(tmp_path / "in"), generated_images(2, seed=5))
+    env = {**os.environ, "MODEL_STORE": str(tmp_path / "no-models")}
+
+    assert batch.main([str(tmp_path / "in"), str(tmp_path / "out")], env) == 2
+
+    assert (f"UNKNOWN_MODEL: no model is published yet; publish one with `python -m imgclassify.publish` "
+            f"(model store: {tmp_path / 'no-models'}, from MODEL_STORE)") in capsys.readouterr().out
+
+
 # --- command line and image -----------------------------------------------------------------
 
 
