@@ -31,6 +31,11 @@ from devstack.processes import rss_kib  # noqa: E402
 from devstack.stack import LocalStack  # noqa: E402
 
 
+def say(line: str) -> None:
+    """Progress, at once: the run takes minutes."""
+    print(line, flush=True)
+
+
 def write_images(directory: Path) -> None:
     """The benchmark's photos as files for locust: small.jpg, large.jpg (12 MP), alpha.png."""
     for (data, _), name in zip(photos().values(), ("small.jpg", "large.jpg", "alpha.png"), strict=True):
@@ -95,13 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
         stack = LocalStack(bucket="load-models", emulator=emulator, log_dir=work)
         try:
+            say(f"starting the local stack (logs in {work})")
             stack.start(log=lambda _: None)
+            say("warming up: every model on every photo")
             warm_up(stack.url, work, args.users)
             classify_pid = stack.functions["classify"].pid
             halves, rss = [], [rss_kib(classify_pid) / 1024]
             for half in ("first", "second"):
+                say(f"{half} half: {args.users} users for {half_duration(args.duration)}")
                 halves.append(run_locust(stack.url, work, args.users, half_duration(args.duration), work / half))
                 rss.append(rss_kib(classify_pid) / 1024)
+                say(f"  {halves[-1]['requests']} requests, {halves[-1]['failures']} failed; "
+                    f"classify RSS {rss[-1]:.0f} MB")
         finally:
             stack.stop()
     result = {"users": args.users, "duration": args.duration, "halves": halves,
@@ -119,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     growth = rss[2] - rss[1]
     ok = failures == 0 and growth <= args.max_rss_growth_mb
     print("PASS" if ok else f"FAIL (failures {failures}, RSS growth over the second half {growth:.0f} MB)")
+    print(f"results: {args.output} (locust's CSV files in {work})")
     return 0 if ok else 1
 
 

@@ -152,7 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
             choices=ENGINES),
     Setting("ENGINE_THREADS", "int", 1, "intra-op threads of one forward pass (`0`: one per CPU); more than 1 "
             "answers a lone request faster but serves fewer images per second under concurrency (see "
-            "Performance)", field="engine_threads", low=0, high=256),
+            "docs/performance.md)", field="engine_threads", low=0, high=256),
     Setting("GOOGLE_CLOUD_PROJECT", "str", None, "project id used in log trace fields",
             field="google_cloud_project", shown_default="none"),
     Setting("URL_FETCH_ENABLED", "bool", True, "accept `{\"url\": ...}` inputs", field="url_fetch_enabled"),

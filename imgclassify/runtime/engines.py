@@ -45,7 +45,7 @@ class EngineOptions:
     preferred: str = DEFAULT_ENGINE
     # One thread per forward by default (ENGINE_THREADS): concurrent requests then run side by
     # side, one per core, with no pool threads to wake or oversubscribe. More images per second
-    # under load, a few ms more for a lone request (figures in the README's Performance).
+    # under load, a few ms more for a lone request (figures in docs/performance.md).
     threads: int = Settings.engine_threads  # 0: one per CPU this process may use
 
     @classmethod

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def test_a_short_mixed_load_has_no_failed_request_and_no_runaway_memory(tmp_path):
+def test_a_short_mixed_load_has_no_failed_request_and_no_runaway_memory_and_says_where_results_went(tmp_path):
     output = tmp_path / "load.json"
 
     # Ten seconds is too short for memory to settle (make load's two minutes hold it to 30 MB):
@@ -24,6 +24,9 @@ def test_a_short_mixed_load_has_no_failed_request_and_no_runaway_memory(tmp_path
                               capture_output=True, text=True, timeout=600)
 
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    lines = finished.stdout.splitlines()
+    assert lines[0].startswith("starting the local stack") and lines[1].startswith("warming up")
+    assert lines[-1].startswith(f"results: {output} (locust's CSV files in ")
     result = json.loads(output.read_text())
     assert sum(half["requests"] for half in result["halves"]) > 20
     assert [half["failures"] for half in result["halves"]] == [0, 0]
