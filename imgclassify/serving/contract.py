@@ -76,7 +76,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object", "required": ["image"],
         "properties": {
             "image": {"type": "array", "minItems": 1,
-                      "items": {"type": "string", "contentMediaType": "application/octet-stream"}},
+                      # format: binary besides 3.1's contentMediaType: what client generators
+                      # (openapi-python-client, openapi-generator) read as a file upload.
+                      "items": {"type": "string", "format": "binary",
+                                "contentMediaType": "application/octet-stream"}},
             "model": {"$ref": _REF + "ModelRef"},
             "top_k": {"$ref": _REF + "TopK"},
         },

@@ -8,13 +8,14 @@ import importlib.util
 import re
 
 import pytest
+import yaml
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation import OpenAPIV31SpecValidator
 
 from devstack.processes import REPO
 from imgclassify import errors
 from imgclassify.serving import routes
-from imgclassify.serving.contract import error_codes_by_status, openapi_document
+from imgclassify.serving.contract import IMAGE_MEDIA_TYPES, error_codes_by_status, openapi_document
 
 # What serves or runs the API (clients such as scripts/smoke.py may spell the codes they expect).
 SOURCE_DIRS = ("imgclassify", "devstack", "functions", "batch")
@@ -129,3 +130,11 @@ def test_the_gateway_spec_has_every_operation_and_parameter_of_the_contract(docu
             assert set(gateway["responses"]) == set(operation["responses"])
             if "requestBody" in operation:
                 assert gateway["consumes"] == list(operation["requestBody"]["content"])
+
+
+def test_the_client_generator_config_reads_every_raw_image_type_of_the_contract_as_binary():
+    config = yaml.safe_load((REPO / "docs" / "openapi-python-client.yaml").read_text())
+
+    assert config["content_type_overrides"] == {
+        media_type: "application/octet-stream" for media_type in IMAGE_MEDIA_TYPES
+        if media_type != "application/octet-stream"}
