@@ -31,6 +31,7 @@ from imgclassify.publish.cli import main as publish_cli
 from imgclassify.publish.sources import publish_bundled
 from imgclassify.store.objects import GcsStore
 from tests.support.counting_proxy import CountingProxy
+from tests.support.onnx_graphs import colour_classifier, serialized
 from tests.support.photos import cat_jpeg
 from tests.web.browser import ANSWER_TIMEOUT_MS, top_label, write_file
 
@@ -168,6 +169,29 @@ def test_a_model_removed_after_the_list_was_loaded_reads_as_unknown_and_the_list
     expect(model_select(page)).to_have_value("efficientnet_lite0")
     expect(page.locator("#model-note")).to_have_text(
         "The model retired is no longer available; efficientnet_lite0 is selected instead.")
+
+
+def test_the_picker_shows_the_version_that_answered_when_the_latest_is_removed_meanwhile(edge, open_page, tmp_path):
+    model_file, labels_file = tmp_path / "colours.onnx", tmp_path / "labels.txt"
+    model_file.write_bytes(serialized(colour_classifier(3)))
+    labels_file.write_text("red\ngreen\nblue\n")
+    for _ in range(2):
+        publish_cli(["--store", f"gs://{edge.bucket}", "onnx", str(model_file), "--labels", str(labels_file),
+                     "--name", "versioned", "--crop-size", "32"])
+    try:
+        page = open_page(edge.url)
+        option = model_select(page).locator("option", has_text="versioned")
+        expect(option).to_have_text("versioned (v2)")
+        model_select(page).select_option("versioned")
+        remove(GcsStore(edge.bucket), "versioned", "2")
+
+        page.locator("#file-input").set_input_files(write_file(tmp_path, "chelsea.jpg", cat_jpeg()))
+
+        expect(page.locator("#result .answer-version")).to_have_text("version 1", timeout=ANSWER_TIMEOUT_MS)
+        expect(option).to_have_text("versioned (v1)")
+        expect(model_select(page)).to_have_value("versioned")
+    finally:
+        remove(GcsStore(edge.bucket), "versioned", "1")
 
 
 def test_a_file_over_the_request_limit_reads_as_too_large(edge, open_page, tmp_path):

@@ -69,6 +69,30 @@ def test_format_preferences_addresses_and_sizes(blank_page):
                                 {"width": 451, "height": 300}]
 
 
+def test_the_compare_verdict_gives_untrained_models_no_vote_and_the_caption_reads_plainly(blank_page):
+    result = run_module_code(blank_page, """
+        const {summarizeComparison} = await load("views/compare.js");
+        const {describeUpload} = await load("views/result.js");
+        const answer = (label, score, total, random_init = false) => ({state: "done", elapsedMs: total, response: {
+          model: {name: "m", version: "1", random_init}, timing_ms: {total},
+          results: [{predictions: [{label, score, index: 0}]}]}});
+        const verdict = (entries) => summarizeComparison(new Map(entries));
+        return {
+          agreeing: verdict([["a", answer("tabby", 0.5, 20)], ["b", answer("tabby", 0.6, 10)],
+                             ["noise", answer("goldfish", 0.01, 5, true)]]),
+          plain: verdict([["a", answer("tabby", 0.5, 20)], ["b", answer("tabby", 0.6, 10)]]),
+          onlyUntrained: verdict([["noise", answer("goldfish", 0.01, 5, true)]]),
+          caption: describeUpload({kind: "file", file: {size: 21000}},
+                                  {resized: false, width: 500, height: 375, bytes: 21000}),
+        };
+    """)
+    assert result["agreeing"] == ("All 2 trained models that answered put tabby first. One untrained model was not "
+                                  "counted. Fastest on the server: b (10 ms).")
+    assert result["plain"] == "All 2 models that answered put tabby first. Fastest on the server: b (10 ms)."
+    assert result["onlyUntrained"] == "Only untrained models answered: their labels are random."
+    assert result["caption"] == "500 × 375, 21 kB, sent unchanged"
+
+
 def test_the_api_client_retries_503_and_unreachable_as_told_and_never_a_spent_quota(blank_page):
     result = run_module_code(blank_page, """
         const {ApiClient, parseRetryAfter} = await load("api.js");

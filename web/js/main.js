@@ -145,7 +145,9 @@ async function classifyCurrent() {
     });
     if (run.signal.aborted) return;
     resultView.showAnswer(result, elapsedMs);
+    revealAnswer();
     announce(summarizeAnswer(result));
+    agreeWithAnswer(result.model);
   } catch (error) {
     if (run.signal.aborted) return;
     resultView.showNoAnswer();
@@ -197,6 +199,37 @@ function revealResult() {
     elements.resultHeading.scrollIntoView({block: "start",
       behavior: matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth"});
   }
+}
+
+/** The top labels are on screen when the answer arrives (on a phone they sit under the photo). */
+function revealAnswer() {
+  const labels = [...elements.result.querySelectorAll(".answered-by, .prediction")].slice(0, 4);
+  if (!labels.length) return;
+  const top = labels[0].getBoundingClientRect().top;
+  const bottom = labels[labels.length - 1].getBoundingClientRect().bottom;
+  if (top < 0 || bottom > window.innerHeight) {
+    labels[0].scrollIntoView({block: "start",
+      behavior: matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth"});
+  }
+}
+
+/**
+ * The picker shows the version that answered. Each instance re-reads the catalog on its own
+ * clock, so an answer can come from a version the cached listing does not show yet (or any
+ * more): read the listing again, and if it still disagrees, the answer is what was served.
+ *
+ * @param {{name: string, version: string}} answered
+ */
+function agreeWithAnswer(answered) {
+  const listed = () => state.models.find((model) => model.name === answered.name);
+  if (!listed() || listed().version === answered.version) return;
+  modelsLoaded = loadModels({revalidate: true}).then(() => {
+    const model = listed();
+    if (!model || model.version === answered.version) return;
+    model.version = answered.version;
+    renderModelOptions(elements.model, state.models, state.model);
+    if (state.model === model.name) renderModelDetails(elements.modelDetails, model);
+  });
 }
 
 /** @param {import("./inputs.js").ImageSource} source */

@@ -13,20 +13,29 @@ import {renderTiming} from "./result.js";
 
 /**
  * One sentence comparing the answers: agreement on the top label, or who said what; and
- * which model answered fastest.
+ * which model answered fastest. Untrained models (random weights) answer, but their labels
+ * are noise: they get no vote.
  *
  * @param {Map<string, CardState>} states by model name, in display order
  * @returns {string}
  */
 export function summarizeComparison(states) {
-  const done = [...states.entries()].filter(([, s]) => s.state === "done" && s.response.results?.[0]?.predictions?.length);
+  const answered = [...states.entries()].filter(([, s]) => s.state === "done" && s.response.results?.[0]?.predictions?.length);
   const failed = [...states.values()].filter((s) => s.state === "failed").length;
-  if (!done.length) return "No model could classify this image.";
+  if (!answered.length) return "No model could classify this image.";
+  const done = answered.filter(([, s]) => !s.response.model.random_init);
+  const untrained = answered.length - done.length;
   const tops = done.map(([name, s]) => ({name, top: s.response.results[0].predictions[0], total: s.response.timing_ms?.total ?? 0}));
   const labels = new Set(tops.map((t) => t.top.label));
-  let sentence = labels.size === 1
-    ? `${done.length === 1 ? "The one model that answered" : `All ${done.length} models that answered`} put ${tops[0].top.label} first.`
-    : `The models disagree: ${tops.map((t) => `${t.name} says ${t.top.label} (${percent(t.top.score)})`).join(", ")}.`;
+  let sentence;
+  if (!done.length) sentence = "Only untrained models answered: their labels are random.";
+  else if (labels.size === 1) {
+    const kind = untrained ? "trained model" : "model";
+    sentence = `${done.length === 1 ? `The one ${kind} that answered` : `All ${done.length} ${kind}s that answered`} put ${tops[0].top.label} first.`;
+  } else {
+    sentence = `The models disagree: ${tops.map((t) => `${t.name} says ${t.top.label} (${percent(t.top.score)})`).join(", ")}.`;
+  }
+  if (done.length && untrained) sentence += ` ${untrained === 1 ? "One untrained model was" : `${untrained} untrained models were`} not counted.`;
   if (done.length > 1) {
     const fastest = tops.reduce((best, t) => (t.total < best.total ? t : best));
     sentence += ` Fastest on the server: ${fastest.name} (${duration(fastest.total)}).`;

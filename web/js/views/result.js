@@ -20,7 +20,7 @@ export function describeUpload(source, prepared) {
       + `made smaller to ${dimensions(prepared.width, prepared.height)}, ${byteSize(prepared.bytes)} sent`;
   }
   const size = prepared.width ? `${dimensions(prepared.width, prepared.height)}, ` : "";
-  return `${size}${byteSize(prepared.bytes)} sent as it is`;
+  return `${size}${byteSize(prepared.bytes)}, sent unchanged`;
 }
 
 /**
