@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from imgclassify.errors import UnknownVersion
 from imgclassify.memory import release_free_memory
 from imgclassify.settings import Settings
+from imgclassify.store.catalog import parse_model_ref
 from imgclassify.store.catalog_view import CatalogView
 from imgclassify.store.objects import ObjectStore, open_store
 
@@ -57,7 +59,15 @@ class ModelRegistry:
 
     def get(self, ref: str | None) -> tuple[LoadedModel, bool]:
         """The warm model for ``ref`` and whether this call waited for it to load."""
-        return self.cache.get(self.resolve(ref))
+        try:
+            return self.cache.get(self.resolve(ref))
+        except UnknownVersion:
+            if ref is not None and parse_model_ref(ref)[1] is not None:
+                raise
+            # The latest version was removed since this instance last read the catalog (its
+            # load failed on the missing manifest and read the catalog again): a reference that
+            # pins no version means the new latest.
+            return self.cache.get(self.resolve(ref))
 
     def _load(self, key: tuple[str, str]) -> LoadedModel:
         name, version = key

@@ -67,13 +67,14 @@ class CatalogView:
     def manifest(self, name: str, version: str) -> Manifest:
         """The manifest of a resolved ``name@version``.
 
-        A manifest that cannot be read makes the catalog be read again first (at most once a
-        second): a version removed since this instance's last read is then a 404
-        (UNKNOWN_MODEL or UNKNOWN_VERSION) at once, not a 500 until the TTL runs out. Only a
+        A manifest that cannot be read makes the catalog be read again first, however recent
+        this instance's copy: a removal takes the version out of the catalog before it deletes
+        the manifest, so a copy that lists it is older than the removal. The version is then a
+        404 (UNKNOWN_MODEL or UNKNOWN_VERSION) at once, not a 500 until the TTL runs out; only a
         version the fresh catalog still lists is an integrity failure.
         """
         try:
             return read_manifest(self.store, name, version)
         except IntegrityError:
-            self.catalog(max_age_seconds=_MISS_REFRESH_SECONDS).resolve(name, version)
+            self.catalog(max_age_seconds=0).resolve(name, version)
             raise

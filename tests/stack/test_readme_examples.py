@@ -1,6 +1,7 @@
 """The README's examples work as printed: its shell blocks run whole against a local stack laid
-out as ``make dev`` leaves it (bucket ``imgclassify-models`` with the bundled models), and its
-sample answers are what that stack answers.
+out as ``make dev`` leaves it (bucket ``imgclassify-models`` with the bundled models, the default
+catalog TTL of 30 s), and its sample answers are what that stack answers. Its promise about
+removals holds there too: a removed version is refused at once, not after the TTL.
 
 Only the addresses are changed (the stack's own ports instead of 8080 and 9023); curl is run
 with ``--fail-with-body``, so any non-2xx answer fails the block."""
@@ -12,13 +13,18 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from devstack.stack import LocalStack
+from imgclassify.publish.catalog_writes import remove
+from imgclassify.publish.cli import main as publish_cli
 from imgclassify.store.objects import GcsStore
-from tests.support.photos import encode, real_photo
+from tests.support.onnx_graphs import colour_classifier, serialized
+from tests.support.photos import cat_jpeg, encode, real_photo
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -93,7 +99,7 @@ def test_the_quick_start_first_publish_is_served_at_once_and_removed(dev_stack):
 
 
 def test_every_api_example_answers_200_and_the_sample_answer_is_the_multipart_one(dev_stack):
-    [examples] = blocks("API (v1)", "sh")
+    examples = blocks("API (v1)", "sh")[0]
     shown = json.loads(blocks("API (v1)", "json")[0])
 
     listing, one_model, raw, multipart, base64_json = run_block(examples, dev_stack)
@@ -108,7 +114,7 @@ def test_every_api_example_answers_200_and_the_sample_answer_is_the_multipart_on
 def test_the_base64_example_takes_a_photo_too_big_for_a_command_line(dev_stack, tmp_path):
     """The JSON body is built in a pipe: a 0.6 MB base64 string (over Linux's 128 KB limit for
     one argument) goes through."""
-    [examples] = blocks("API (v1)", "sh")
+    examples = blocks("API (v1)", "sh")[0]
     base64_example = examples[examples.index("{ printf"):]
     big = tmp_path / "astronaut.png"
     big.write_bytes(encode(real_photo("astronaut"), "PNG"))
@@ -133,3 +139,36 @@ def test_the_bring_your_own_onnx_export_publishes_and_serves(dev_stack, tmp_path
 
     assert answer["model"]["name"] == "my_classifier"
     assert len(answer["results"][0]["predictions"]) == 5
+
+
+def test_a_removed_version_is_refused_or_replaced_at_once_not_after_the_catalog_ttl(dev_stack, tmp_path):
+    """The instance's cached catalog still lists what was removed; the version it does not hold
+    warm is refused (404) or replaced by the new latest at once."""
+    model_file, labels_file = tmp_path / "colours.onnx", tmp_path / "labels.txt"
+    model_file.write_bytes(serialized(colour_classifier(3)))
+    labels_file.write_text("red\ngreen\nblue\n")
+    store = GcsStore("imgclassify-models")
+
+    def publish(name: str) -> None:
+        assert publish_cli(["--store", store.uri, "onnx", str(model_file), "--labels", str(labels_file),
+                            "--name", name, "--crop-size", "32"]) == 0
+
+    def classify(ref: str) -> requests.Response:
+        return requests.post(f"{dev_stack.url}/v1/models/{ref}:classify", data=cat_jpeg(),
+                             headers={"Content-Type": "image/jpeg"}, timeout=60)
+
+    publish("short_lived"), publish("short_lived"), publish("gone_soon")
+    # A name the instance does not know makes it read the catalog, at most once a second.
+    deadline = time.monotonic() + 5
+    while classify("short_lived@1").status_code != 200:  # then its catalog lists all three versions
+        assert time.monotonic() < deadline, "a published model is not served within 5 s"
+        time.sleep(0.2)
+    remove(store, "short_lived", "2")
+    remove(store, "gone_soon", "1")
+
+    latest, gone = classify("short_lived"), classify("gone_soon")
+    remove(store, "short_lived", "1")
+
+    assert (latest.status_code, latest.json().get("model", latest.json())) == (200, {
+        "name": "short_lived", "version": "1", "random_init": False})
+    assert (gone.status_code, gone.json()["error"]["code"]) == (404, "UNKNOWN_MODEL")
