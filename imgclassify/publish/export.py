@@ -139,9 +139,9 @@ def check_onnx_file(data: bytes, labels: Sequence[str], preprocessing: Preproces
     try:
         output = _session(data).run(None, {signature.input_name: batch})[0]
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        message = " ".join(str(error).split())[:1000]  # ONNX Runtime's, on one line
         raise InvalidModelFile(f"a trial run on {len(batch)} photos at once failed (does a node fix the batch "
-                               f"size?): "
-                               f"{' '.join(str(error).split())[:1000]}") from None
+                               f"size?): {message}") from None
     if output.shape != (len(batch), len(labels)):
         raise InvalidModelFile(f"a trial run on {len(batch)} photos gave an output of shape {list(output.shape)}; "
                                f"expected [{len(batch)}, {len(labels)}]")
