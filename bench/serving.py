@@ -21,6 +21,7 @@ Prints a table and writes JSON (default ``.local/bench.json``). ``--smoke`` runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -345,7 +346,10 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
     run: dict = {}
     model = open_model(bucket)
     run["in_process"] = in_process(model, small[0], count)
-    run["profile"] = request_profile(model, small[0], count, stack.env())
+    # The in-process app writes its request lines to stdout as in production (a pipe there): a
+    # file here, so the terminal shows the results, not thousands of log lines.
+    with open(work / "in-process.log", "a") as log, contextlib.redirect_stdout(log):
+        run["profile"] = request_profile(model, small[0], count, stack.env())
 
     def service(env: dict, name: str) -> Server:
         return Server(function_command("classify", 0)[:-1] + ["{port}"], {**stack.env(), **env}, "/v1/classify",
@@ -381,7 +385,7 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
     }
     run["peers"] = {}
     for name, command in peers.items():
-        peer = Server(command, peer_env, "/", small)
+        peer = Server(command, peer_env, "/", small, log=work / f"{name}-{time.monotonic_ns()}.log")
         try:
             run["peers"][name] = measure_server(peer, small, count, (1, 8), per_client)
         finally:
@@ -439,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print_table(result)
-    print(f"\nJSON: {args.output}")
+    print(f"\nJSON: {args.output}\nserver logs: {work}")
     return 0
 
 
