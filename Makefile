@@ -51,7 +51,8 @@ test-fast: venv
 
 # The post-deploy smoke check (scripts/smoke.py, standard library only), e.g.
 #   make smoke URL=https://GATEWAY_HOST KEY=... [ORIGIN=https://storage.googleapis.com]
-# Against `make dev`: make smoke URL=http://127.0.0.1:PORT (no key: the local router checks none).
+# Against `LOCAL_API_KEY=K make dev`: make smoke URL=http://127.0.0.1:8080 KEY=K ORIGIN=http://127.0.0.1:8080
+# (without LOCAL_API_KEY the local router checks no key: leave KEY out).
 smoke:
 	@test -n "$(URL)" || { echo "usage: make smoke URL=https://GATEWAY_HOST KEY=API_KEY [ORIGIN=...]"; exit 2; }
 	python3 scripts/smoke.py $(URL) $(if $(KEY),--key $(KEY)) $(if $(ORIGIN),--origin $(ORIGIN))

@@ -28,6 +28,8 @@ from imgclassify.errors import BackendUnavailable, InvalidRequest, NotFound, Pay
 from imgclassify.serving.http import error_response
 from imgclassify.serving.routes import match
 
+from .gateway import GatewayPolicy
+
 # Hop-by-hop headers are the router's own business, not the backend's.
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                 "proxy-authorization", "proxy-authenticate", "content-length", "content-encoding", "host",
@@ -156,10 +158,15 @@ class FramingHandler(WSGIRequestHandler):
 
 
 class Router:
-    """Proxies API routes to the functions' URLs and serves ``web_dir`` for everything else."""
+    """Proxies API routes to the functions' URLs and serves ``web_dir`` for everything else.
 
-    def __init__(self, backends: dict[str, str], web_dir: Path) -> None:
+    With a ``gateway`` policy it checks keys and quotas first, as API Gateway does, and serves
+    the page a ``config.js`` holding the key, as the deploy's publish-web step writes it.
+    """
+
+    def __init__(self, backends: dict[str, str], web_dir: Path, gateway: GatewayPolicy | None = None) -> None:
         self.backends = backends
+        self.gateway = gateway
         self.session = requests.Session()
         self.static = SharedDataMiddleware(self._not_found, {"/": str(web_dir)}, cache_timeout=0,
                                            fallback_mimetype="text/plain")
@@ -179,8 +186,20 @@ class Router:
         if found is None:
             if request.path == "/":
                 environ["PATH_INFO"] = "/index.html"
+            if request.path == "/config.js" and self.gateway is not None:
+                return self._page_config()(environ, start_response)
             return self.static(environ, start_response)
+        if self.gateway is not None:
+            refusal = self.gateway.check(request.method, found[0].template, request.headers, request.args)
+            if refusal is not None:
+                return Response(refusal.body(), refusal.status, content_type="application/json")(
+                    environ, start_response)
         return self._forward(request, self.backends[found[0].function])(environ, start_response)
+
+    def _page_config(self) -> Response:
+        config = {"apiBase": "", "apiKey": self.gateway.api_key}
+        return Response(f"window.IMGCLASSIFY_CONFIG = {json.dumps(config)};\n", content_type="text/javascript",
+                        headers={"Cache-Control": "no-cache"})
 
     def _forward(self, request: Request, backend: str) -> Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}

@@ -17,15 +17,22 @@ SAMPLE_PHOTO = REPO / "scripts" / "data" / "chelsea.jpg"
 
 
 def banner(stack: LocalStack) -> str:
-    """What a user needs once the stack answers: its URL, a first request, and the lines that
-    point the publisher and the batch job at this stack's store."""
+    """What a user needs once the stack answers: its URL, a first request (with the key when the
+    router checks keys, as API Gateway does: LOCAL_API_KEY), and the lines that point the
+    publisher and the batch job at this stack's store."""
     photo = os.path.relpath(SAMPLE_PHOTO)
     python = os.path.relpath(sys.executable) if sys.prefix != sys.base_prefix else sys.executable
+    if stack.api_key:
+        key = f"-H 'x-api-key: {stack.api_key}' "
+        keys = ("API keys and quotas are checked as API Gateway checks them (LOCAL_API_KEY); "
+                f"the key: {stack.api_key}\n")
+    else:
+        key = keys = ""
     return f"""
 Serving on {stack.url}/  (Ctrl-C stops everything)
-
-  curl {stack.url}/v1/models
-  curl --data-binary @{photo} -H 'Content-Type: image/jpeg' {stack.url}/v1/models/efficientnet_lite0:classify
+{keys}
+  curl {key}{stack.url}/v1/models
+  curl {key}--data-binary @{photo} -H 'Content-Type: image/jpeg' {stack.url}/v1/models/efficientnet_lite0:classify
 
 To publish to this stack (or run the batch job on it), in another shell:
 
@@ -47,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
     local = args.data_dir
     (local / "logs").mkdir(parents=True, exist_ok=True)
+    api_key = os.environ.get("LOCAL_API_KEY", "").strip() or None
     stack = LocalStack(bucket=args.bucket, router_port=args.port, emulator_port=args.emulator_port,
-                       data_dir=local / "gcs", log_dir=local / "logs", bundled_models=args.models or None)
+                       data_dir=local / "gcs", log_dir=local / "logs", bundled_models=args.models or None,
+                       api_key=api_key)
     # SIGTERM (kill, systemd) and SIGHUP (the terminal closed) stop as gracefully as Ctrl-C,
     # even during start-up; SIGINT too when a script started this in the background (a shell
     # then starts it with SIGINT ignored). SIGKILL cannot be caught: then the servers'

@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 from imgclassify.serving.routes import FUNCTIONS
 
 from .emulator import StorageEmulator
+from .gateway import GatewayPolicy
 from .processes import REPO, free_port, spawn, stop, wait_until_answers
 from .router import FramingHandler, Router
 
@@ -38,6 +39,10 @@ class LocalStack:
     log_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     bundled_models: list[str] | None = None   # None: all three
+    # The gateway's keys and quotas (devstack/gateway.py): checked when api_key is set, with the
+    # Terraform defaults of the quota variables unless quota_values names them.
+    api_key: str | None = None
+    quota_values: dict[str, int] = field(default_factory=dict)
 
     emulator: StorageEmulator | None = None   # pass a running one to share it
     functions: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -87,11 +92,21 @@ class LocalStack:
     def start_router(self) -> None:
         self.router_port = self.router_port or free_port()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
-        router = Router(self.function_urls, REPO / "web")
+        gateway = GatewayPolicy.from_template(self.api_key, self.quota_values) if self.api_key else None
+        router = Router(self.function_urls, REPO / "web", gateway)
         self._server = make_server("127.0.0.1", self.router_port, router, threaded=True,
                                    request_handler=FramingHandler)
         self._server.max_body_bytes = self.max_body_bytes()
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def behind_gateway(self, api_key: str, quota_values: dict[str, int] | None = None) -> LocalStack:
+        """A second router over this stack's running functions, checking keys and quotas as
+        API Gateway does; its ``stop`` stops that router only."""
+        other = LocalStack(bucket=self.bucket, emulator=self.emulator, extra_env=self.extra_env,
+                           api_key=api_key, quota_values=dict(quota_values or {}))
+        other.function_urls = self.function_urls
+        other.start_router()
+        return other
 
     def max_body_bytes(self) -> int:
         """The router's body limit: the functions' own, plus room for multipart framing, so the

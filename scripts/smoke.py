@@ -9,7 +9,7 @@ Checks, in order:
 2. ``POST /v1/models/MODEL:classify`` with a photo of a cat (scikit-image's ``chelsea``,
    CC0, 300x200, in scripts/data/) puts a domestic cat first (ImageNet classes 281-285);
 3. a request without the API key is refused (401 or 403) -- skipped when no key is given,
-   as against the local stack, whose router checks no keys (API Gateway does that);
+   as against a local stack started without LOCAL_API_KEY (API Gateway always checks);
 4. a CORS preflight for ``POST /v1/classify`` from ORIGIN, the web page's origin, is
    answered with that origin (or ``*``), the method and the ``X-Api-Key`` header allowed;
 5. an unknown model is a JSON 404 ``UNKNOWN_MODEL``, from both functions.
@@ -129,7 +129,7 @@ def check_classify_photo(target: Target) -> str:
 
 def check_key_required(target: Target) -> str:
     if not target.key:
-        raise Skipped("no key given (the local router checks no keys; API Gateway does)")
+        raise Skipped("no key given (the local router checks keys only with LOCAL_API_KEY; API Gateway always does)")
     response = target.request("GET", "/v1/models", with_key=False)
     if response.status not in (401, 403):
         raise CheckFailed(f"GET /v1/models without a key: expected 401 or 403, got {response.status}")

@@ -77,3 +77,31 @@ def stack(emulator, models_bucket, tmp_path_factory):
         yield local
     finally:
         local.stop()
+
+
+LOCAL_API_KEY = "local-test-key-7f3a"
+
+
+@pytest.fixture(scope="session")
+def keyed_stack(stack):
+    """The stack's functions behind a router that checks keys and quotas as API Gateway does
+    (LOCAL_API_KEY), with quotas no test run spends."""
+    keyed = stack.behind_gateway(LOCAL_API_KEY, {"classify_requests_per_minute": 10**6,
+                                                 "list_models_requests_per_minute": 10**6})
+    yield keyed
+    keyed.stop()
+
+
+@pytest.fixture
+def gateway_with_quotas(stack):
+    """``gateway_with_quotas(classify=N, list_models=M)``: a keyed router with small quotas, fresh for the test."""
+    started = []
+
+    def start(classify: int = 120, list_models: int = 600):
+        started.append(stack.behind_gateway(LOCAL_API_KEY, {"classify_requests_per_minute": classify,
+                                                            "list_models_requests_per_minute": list_models}))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.stop()

@@ -1,8 +1,9 @@
 """The post-deploy smoke check (scripts/smoke.py), run as Cloud Build runs it, against the local stack.
 
-The local router checks no API keys (API Gateway does that when deployed), so the check that
-a request without a key is refused is skipped when no key is given; the tests below also show
-that each check fails when what it checks is wrong, so a passing run means something.
+Without LOCAL_API_KEY the local router checks no API keys, so the check that a request without
+a key is refused is skipped when no key is given; with one (the keyed_stack fixture) every check
+runs, as against API Gateway. The tests below also show that each check fails when what it
+checks is wrong, so a passing run means something.
 """
 
 from __future__ import annotations
@@ -36,7 +37,26 @@ def test_smoke_check_passes_against_the_local_stack(stack):
     passed = {line.split(":")[0] for line in lines_starting(result.stdout, "PASS")}
     assert passed == {"PASS list models", "PASS classify a cat", "PASS CORS preflight", "PASS unknown model"}
     assert lines_starting(result.stdout, "SKIP") == [
-        "SKIP key required: no key given (the local router checks no keys; API Gateway does)"]
+        "SKIP key required: no key given (the local router checks keys only with LOCAL_API_KEY; "
+        "API Gateway always does)"]
+
+
+@pytest.mark.integration
+def test_smoke_check_passes_whole_against_the_local_stack_with_keys_on(keyed_stack):
+    result = smoke(keyed_stack.url, "--origin", ALLOWED_ORIGIN, "--key", keyed_stack.api_key)
+    assert result.returncode == 0, result.stdout + result.stderr
+    passed = {line.split(":")[0] for line in lines_starting(result.stdout, "PASS")}
+    assert passed == {"PASS list models", "PASS classify a cat", "PASS key required", "PASS CORS preflight",
+                      "PASS unknown model"}
+    assert "PASS key required: without a key: 401" in result.stdout
+    assert lines_starting(result.stdout, "SKIP") == []
+
+
+@pytest.mark.integration
+def test_smoke_check_fails_with_a_key_the_gateway_does_not_know(keyed_stack):
+    result = smoke(keyed_stack.url, "--origin", ALLOWED_ORIGIN, "--key", "not-the-key", "--wait", "0")
+    assert result.returncode == 1
+    assert "FAIL list models: " in result.stdout
 
 
 @pytest.mark.integration
