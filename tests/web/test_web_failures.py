@@ -4,7 +4,8 @@ The stack: a bucket with Lite0, Lite1 and an untrained model; CATALOG_TTL_SECOND
 model is unknown at once); MAX_REQUEST_MB=1; no preloading (the first request is a cold
 start); the classify function reaches storage through a proxy the test can take down (a real
 503 STORAGE_UNAVAILABLE). The page is also served from a second origin with its own config.js,
-as in production where the page and the API Gateway live apart.
+as in production where the page and the API Gateway live apart, and behind a second router
+that checks keys and quotas as API Gateway does (LOCAL_API_KEY).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class EdgeStack:
     bucket: str
     storage_proxy: CountingProxy
     cross_origin_page: str   # the page on another origin, configured with apiBase and apiKey
+    local: LocalStack        # its functions, for a second router that checks keys and quotas
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def edge(emulator, tmp_path_factory) -> Iterator[EdgeStack]:
         stack.start_router()
         page_server.api_base = stack.url
         page_server.start()
-        yield EdgeStack(stack.url, bucket, proxy, page_server.url)
+        yield EdgeStack(stack.url, bucket, proxy, page_server.url, stack)
     finally:
         if page_server.server is not None:
             page_server.stop()
@@ -205,28 +207,46 @@ def test_a_file_over_the_request_limit_reads_as_too_large(edge, open_page, tmp_p
 
 
 def test_a_spent_gateway_quota_reads_as_quota_exceeded_and_is_not_retried(edge, open_page, tmp_path):
-    # The local router has no quotas: this one answer is what API Gateway sends when a key's
-    # quota is spent (ESPv2's body), in place of the real classify call.
-    page = open_page(edge.url)
-    calls = []
+    # The local gateway (LOCAL_API_KEY) with one classify request a minute: the second is ESPv2's 429.
+    keyed = edge.local.behind_gateway(API_KEY, {"classify_requests_per_minute": 1})
+    try:
+        page = open_page(keyed.url)
+        calls = []
+        page.on("request", lambda request: calls.append(request.url) if ":classify" in request.url else None)
+        page.locator("#file-input").set_input_files(write_file(tmp_path, "chelsea.jpg", cat_jpeg()))
+        expect(top_label(page)).to_contain_text(CAT, timeout=ANSWER_TIMEOUT_MS)
 
-    def quota_spent(route):
-        calls.append(route.request.url)
-        route.fulfill(status=429, content_type="application/json",
-                      body='{"code":429,"message":"RESOURCE_EXHAUSTED:Quota exceeded for quota metric \'classify\'"}')
+        page.locator("#file-input").set_input_files(write_file(tmp_path, "again.jpg", cat_jpeg()))
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("Too many requests: the quota for this service has been used up for now. "
+                                      "Wait a minute, then try again.")
+        expect(alert).to_contain_text("RESOURCE_EXHAUSTED: Quota exceeded for quota metric 'classify requests'")
+        expect(alert.get_by_role("button", name="Try again")).to_be_visible()
+        page.wait_for_timeout(2500)  # longer than the first automatic retry would wait
+        assert len(calls) == 2
+    finally:
+        keyed.stop()
 
-    page.route(re.compile(r".*:classify.*"), quota_spent)
-    page.locator("#file-input").set_input_files(write_file(tmp_path, "chelsea.jpg", cat_jpeg()))
-    alert = page.get_by_role("alert")
-    expect(alert).to_contain_text("Too many requests: the quota for this service has been used up for now. "
-                                  "Wait a minute, then try again.")
-    expect(alert.get_by_role("button", name="Try again")).to_be_visible()
-    page.wait_for_timeout(2500)  # longer than the first automatic retry would wait
-    assert len(calls) == 1
 
-    page.unroute(re.compile(r".*:classify.*"))
-    alert.get_by_role("button", name="Try again").click()
-    expect(top_label(page)).to_contain_text(CAT, timeout=ANSWER_TIMEOUT_MS)
+def test_a_key_the_gateway_does_not_know_reads_as_key_refused(edge, browser):
+    # The page's config holds an old key; the local gateway (LOCAL_API_KEY) answers ESPv2's 400.
+    keyed = edge.local.behind_gateway(API_KEY)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.route("**/config.js", lambda route: route.fulfill(
+            content_type="text/javascript", body='window.IMGCLASSIFY_CONFIG = {"apiBase": "", "apiKey": "old-key"};'))
+        listing = []
+        page.on("request", lambda request: listing.append(request) if request.url.endswith("/v1/models") else None)
+        page.goto(keyed.url)
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("The service did not accept this page's API key. Whoever deployed the page "
+                                      "needs to check its configuration.")
+        expect(alert).to_contain_text("API key not valid. Please pass a valid API key.")
+        assert [request.headers["x-api-key"] for request in listing] == ["old-key"]  # not retried
+    finally:
+        context.close()
+        keyed.stop()
 
 
 def test_the_page_on_another_origin_uses_the_api_base_and_key_from_config_js(edge, open_page, tmp_path):

@@ -6,8 +6,12 @@ test_web_page.py and test_web_failures.py exercise it against the real services.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from playwright.sync_api import Page
+
+from devstack.gateway import BAD_KEY_MESSAGE, NO_KEY_MESSAGE, Refusal
 
 pytestmark = pytest.mark.integration
 
@@ -193,3 +197,21 @@ def test_every_error_code_reads_as_a_sentence_without_codes_or_jargon(blank_page
     for sentence in sentences:
         assert sentence[0].isupper() and sentence.endswith((".", "…")), sentence
         assert "_" not in sentence and "HTTP" not in sentence, sentence  # no codes in what a person reads
+
+
+def test_the_gateways_own_refusals_read_as_key_refused_or_quota_spent(blank_page):
+    # ESPv2's bodies as devstack/gateway.py writes them (the same as the deployed gateway's).
+    bodies = [Refusal(401, NO_KEY_MESSAGE), Refusal(400, BAD_KEY_MESSAGE),
+              Refusal(403, "PERMISSION_DENIED: Referer blocked."), Refusal(429, "RESOURCE_EXHAUSTED: Quota exceeded"),
+              Refusal(400, "INVALID_ARGUMENT: something else")]
+    codes = run_module_code(blank_page, """
+        const {ApiError} = await load("api.js");
+        const bodies = BODIES;
+        const codes = [];
+        for (const [status, body] of bodies) {
+          const headers = {"Content-Type": "application/json"};
+          codes.push((await ApiError.fromResponse(new Response(body, {status, headers}))).code);
+        }
+        return codes;
+    """.replace("BODIES", json.dumps([[refusal.status, refusal.body().decode()] for refusal in bodies])))
+    assert codes == ["API_KEY_REFUSED", "API_KEY_REFUSED", "API_KEY_REFUSED", "QUOTA_EXCEEDED", "HTTP_400"]

@@ -70,7 +70,7 @@ export class ApiError extends Error {
     this.name = "ApiError";
     /** HTTP status; 0 when the service could not be reached. */
     this.status = status;
-    /** The API's error code (README), or QUOTA_EXCEEDED / HTTP_<status> / NETWORK_ERROR. */
+    /** The API's error code (README), or API_KEY_REFUSED / QUOTA_EXCEEDED / HTTP_<status> / NETWORK_ERROR. */
     this.code = code;
     /** @type {number|null} */
     this.retryAfterSeconds = retryAfterSeconds;
@@ -96,13 +96,29 @@ export class ApiError extends Error {
       // not JSON: a proxy's or gateway's HTML page
     }
     const error = payload && typeof payload.error === "object" ? payload.error : null;
-    const fallbackCode = response.status === 429 ? "QUOTA_EXCEEDED" : `HTTP_${response.status}`;
-    const code = typeof error?.code === "string" ? error.code : fallbackCode;
+    const code = typeof error?.code === "string" ? error.code : gatewayCode(response.status, payload);
     const message = typeof error?.message === "string" ? error.message
       : typeof payload?.message === "string" ? payload.message : response.statusText || `HTTP ${response.status}`;
     return new ApiError({status: response.status, code, message,
                          retryAfterSeconds: parseRetryAfter(response.headers.get("Retry-After"))});
   }
+}
+
+/**
+ * A code for an answer that is not the API's: API Gateway's own refusals are Envoy's
+ * `{"code": STATUS, "message": "STATUS_NAME: text"}` (ESPv2): 401 UNAUTHENTICATED (no key),
+ * 400 INVALID_ARGUMENT "API key not valid" or 403 PERMISSION_DENIED (a key refused, or its
+ * referrer) read as API_KEY_REFUSED, 429 RESOURCE_EXHAUSTED as QUOTA_EXCEEDED.
+ *
+ * @param {number} status
+ * @param {unknown} payload the parsed body, or null
+ * @returns {string}
+ */
+function gatewayCode(status, payload) {
+  if (status === 429) return "QUOTA_EXCEEDED";
+  const message = typeof payload?.message === "string" && payload?.code === status ? payload.message : "";
+  if (status === 401 || status === 403 || /^INVALID_ARGUMENT: API key /.test(message)) return "API_KEY_REFUSED";
+  return `HTTP_${status}`;
 }
 
 /**

@@ -82,13 +82,13 @@ export function explainError(error, context = {}) {
     return plain("Too many requests: the quota for this service has been used up for now. "
                  + "Wait a minute, then try again.", true);
   }
+  if (code === "API_KEY_REFUSED" || status === 401 || status === 403) {
+    return plain("The service did not accept this page's API key. Whoever deployed the page needs to check its "
+                 + "configuration.");
+  }
   if (status === 503 || status === 502 || status === 504) {
     return plain("The service is unavailable right now, even after several tries. Please try again in a minute.",
                  true);
-  }
-  if (status === 401 || status === 403) {
-    return plain("The service did not accept this page's API key. Whoever deployed the page needs to check its "
-                 + "configuration.");
   }
   if (status === 413) return plain("This file is too large to send. Choose a smaller photo.");
   if (status === 400) return plain("The service did not understand the request. Reload the page and try again.");
