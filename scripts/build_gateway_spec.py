@@ -94,6 +94,10 @@ def to_swagger_schema(schema: Any) -> Any:
             continue
         elif key == "oneOf":
             converted.setdefault("type", "object")
+        elif key == "anyOf":
+            # OpenAPI 2.0 has no anyOf: the API's own shape (the first) stands for the response;
+            # the gateway's refusals are its own and it does not check responses.
+            converted.update(to_swagger_schema(value[0]))
         elif key in ("properties",):
             converted[key] = {name: to_swagger_schema(item) for name, item in value.items()}
         else:

@@ -195,6 +195,36 @@ def _error_response(status: int) -> dict[str, Any]:
     return response
 
 
+# API Gateway's own refusals on the operations that need a key (ESPv2's Envoy local reply;
+# devstack/gateway.py answers the same locally with LOCAL_API_KEY). They carry no CORS headers.
+GATEWAY_ERROR = {
+    "type": "object", "required": ["code", "message"],
+    "description": "API Gateway's own refusal: the HTTP status and 'STATUS_NAME: text'. Not the API's error shape.",
+    "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+}
+_GATEWAY_REFUSALS = {
+    400: "a key the gateway does not know (`INVALID_ARGUMENT: API key not valid. ...`)",
+    401: "no API key (`UNAUTHENTICATED: Method doesn't allow unregistered callers ...`)",
+    403: "a key whose restrictions refuse the call (`PERMISSION_DENIED: ...`, e.g. its referrer)",
+    429: "the consumer's per-minute quota is spent (`RESOURCE_EXHAUSTED: Quota exceeded ...`)",
+}
+
+
+def _with_gateway_refusals(responses: dict[str, Any]) -> dict[str, Any]:
+    """An operation's responses with API Gateway's refusals added (the API's own shape first)."""
+    gateway_ref = {"$ref": f"{_REF}GatewayError"}
+    for status, meaning in _GATEWAY_REFUSALS.items():
+        response = responses.get(str(status))
+        if response is None:
+            responses[str(status)] = {"description": f"API Gateway: {meaning}.",
+                                      "content": {"application/json": {"schema": gateway_ref}}}
+        else:
+            response["description"] += f" From API Gateway: {meaning}."
+            media = response["content"]["application/json"]
+            media["schema"] = {"anyOf": [media["schema"], gateway_ref]}
+    return dict(sorted(responses.items()))
+
+
 def _json(schema: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": _REF + schema}}}}
 
@@ -267,8 +297,8 @@ def _operation(route: Route) -> dict[str, Any]:
         operation["parameters"] = copy.deepcopy(spec["parameters"])
     if "requestBody" in spec:
         operation["requestBody"] = copy.deepcopy(spec["requestBody"])
-    operation["responses"] = {**copy.deepcopy(spec["responses"]),
-                              **{str(status): _error_response(status) for status in spec["errors"]}}
+    errors = {str(status): _error_response(status) for status in spec["errors"]}
+    operation["responses"] = _with_gateway_refusals({**copy.deepcopy(spec["responses"]), **errors})
     return operation
 
 
@@ -281,7 +311,11 @@ def _preflight(route: Route) -> dict[str, Any]:
         "responses": {"204": {"description": "Access-Control-Allow-* headers for allowed origins."}},
     }
     if any(parameter["in"] == "path" for parameter in _OPERATIONS[route.operation].get("parameters", [])):
-        operation["parameters"] = [copy.deepcopy(_NAME_PARAMETER)]
+        # Any name: a preflight only asks whether the origin may call; the call checks the name.
+        operation["parameters"] = [{**_NAME_PARAMETER, "schema": {"type": "string", "minLength": 1},
+                                    "description": "Any model name: the preflight answers for every path."}]
+        # A name that leaves no path of this route (".." is resolved away by clients) finds none.
+        operation["responses"]["404"] = _error_response(404)
     return operation
 
 
@@ -294,7 +328,7 @@ def _document() -> dict[str, Any]:
         item["options"] = _preflight(route)
     by_status = error_codes_by_status()
     schemas = {**copy.deepcopy(SCHEMAS),
-               "Error": _error_schema(api_error_classes()),
+               "Error": _error_schema(api_error_classes()), "GatewayError": copy.deepcopy(GATEWAY_ERROR),
                **{f"Error{status}": _error_schema([c for c in api_error_classes() if c.status == status], status)
                   for status in by_status}}
     return {

@@ -23,8 +23,10 @@ class Route:
     @property
     def pattern(self) -> re.Pattern:
         # {name} takes any characters, slashes included, so that a malformed name reaches
-        # the name check (400 INVALID_MODEL_NAME) instead of looking like a missing route.
-        return re.compile(re.escape(self.template).replace(r"\{name\}", "(?P<name>.+)") + "$")
+        # the name check (400 INVALID_MODEL_NAME) instead of looking like a missing route; but
+        # not a line break (\Z, not $): such a path is no route, the router's JSON 404 (the functions
+        # would answer it with an HTML page).
+        return re.compile(re.escape(self.template).replace(r"\{name\}", "(?P<name>.+)") + r"\Z")
 
 
 # Order matters: ":classify" must be tried before the plain model route.

@@ -1,9 +1,11 @@
 """Schemathesis against the running local stack, over HTTP, from the served OpenAPI document.
 
 Every operation of ``GET /v1/openapi.json``, with examples that fit the schema (positive)
-and examples that break it (negative), through the local router to both functions and the
-storage emulator. Each answer must be no 5xx, match its documented response schema, have a
-documented status code and a documented content type. Bounded: a fixed number of examples
+and examples that break it (negative), through the local router with keys on (LOCAL_API_KEY,
+as API Gateway checks them) to both functions and the storage emulator. Every schemathesis
+check runs but positive_data_acceptance (see CHECKS): no 5xx, documented statuses, content
+types, headers and schemas, schema-breaking requests refused, auth enforced (with and without
+the key), missing headers and unsupported methods refused. Bounded: a fixed number of examples
 per operation and mode, no shrinking, a fixed seed (derandomized), about a minute here.
 (schemathesis' own pytest plugin does not run under pytest 9, so each operation is driven
 through its Hypothesis strategy.)
@@ -15,25 +17,51 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.checks import CHECKS as CHECK_REGISTRY
+from schemathesis.checks import load_all_checks
+from schemathesis.openapi.checks import AuthScenario, IgnoredAuth
+from schemathesis.specs.openapi.checks import ignored_auth
 
+from devstack.gateway import BAD_KEY_MESSAGE
 from imgclassify.serving.contract import openapi_document
+from tests.conftest import LOCAL_API_KEY
 from tests.support.photos import encode, real_photo
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = 50   # per operation and generation mode
-CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
+WRONG_KEY = "not-the-local-key"
+
+
+def ignored_auth_as_api_gateway_refuses(ctx, response, case):
+    """schemathesis' ignored_auth, with API Gateway's answer to a wrong key: ESPv2 refuses a key
+    it does not know with 400 INVALID_ARGUMENT, where the check expects 401 or 403. That 400
+    (and only that one, body and all) counts as the refusal; every other outcome stands."""
+    try:
+        return ignored_auth(ctx, response, case)
+    except IgnoredAuth as failure:
+        if failure.scenario != AuthScenario.INVALID_AUTH or "got `400 Bad Request`" not in failure.message:
+            raise
+        probe = case.call(headers={"x-api-key": WRONG_KEY}, timeout=120)
+        if probe.status_code != 400 or probe.json() != {"code": 400, "message": BAD_KEY_MESSAGE}:
+            raise
+        return None
+
+
+load_all_checks()
+# Every check but positive_data_acceptance: a body valid by schema (any bytes as image/png) is
+# rarely an image, and the API rightly refuses it (415, 422). ignored_auth as API Gateway
+# answers a wrong key (above).
+CHECKS = [ignored_auth_as_api_gateway_refuses if check is ignored_auth else check
+          for check in CHECK_REGISTRY.get_all() if check.__name__ != "positive_data_acceptance"]
+assert ignored_auth_as_api_gateway_refuses in CHECKS
 MODES = {"positive": GenerationMode.POSITIVE, "negative": GenerationMode.NEGATIVE}
-# (path, method, mode): an operation without parameters or body has no negative examples.
+# (path, method, mode): an operation without parameters or body has no negative examples, nor
+# has a preflight (it takes any name).
 OPERATIONS = [(path, method.upper(), mode) for path, item in openapi_document()["paths"].items()
               for method, operation in item.items() for mode in MODES
-              if mode == "positive" or "parameters" in operation or "requestBody" in operation]
+              if mode == "positive"
+              or (method != "options" and ("parameters" in operation or "requestBody" in operation))]
 
 
 @schemathesis.serializer("image/bmp", "image/tiff")
@@ -43,9 +71,14 @@ def raw_bytes(ctx, value):
 
 
 @pytest.fixture(scope="module")
-def api_schema(stack):
-    served = schemathesis.openapi.from_url(f"{stack.url}/v1/openapi.json", timeout=30,
-                                           config=schemathesis.Config.from_dict({"base-url": stack.url}))
+def api_schema(keyed_stack):
+    """The served contract, fuzzed through the router with keys on (LOCAL_API_KEY), the key sent
+    as the explicit credential: ignored_auth then also sends requests without it or with a wrong one."""
+    url = keyed_stack.url
+    served = schemathesis.openapi.from_url(f"{url}/v1/openapi.json", timeout=30,
+                                           headers={"x-api-key": keyed_stack.api_key},
+                                           config=schemathesis.Config.from_dict(
+                                               {"base-url": url, "headers": {"x-api-key": keyed_stack.api_key}}))
     assert served.raw_schema == openapi_document(), "the stack serves another contract than this checkout's"
     return served
 
@@ -79,7 +112,7 @@ def test_a_real_photo_through_both_classify_operations_is_a_documented_200(api_s
     photo = encode(real_photo("chelsea"), "PNG")
     for path, parameters in (("/v1/classify", None), ("/v1/models/{name}:classify", {"name": "efficientnet_lite0"})):
         case = api_schema[path]["POST"].Case(body=photo, media_type="image/png", path_parameters=parameters,
-                                             query={"top_k": 3})
+                                             query={"top_k": 3}, headers={"x-api-key": LOCAL_API_KEY})
         response = case.call_and_validate(checks=CHECKS, timeout=120)
 
         assert response.status_code == 200
