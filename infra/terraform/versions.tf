@@ -1,8 +1,8 @@
 # Terraform and provider versions. API Gateway resources exist only in google-beta.
 #
 # Providers are pinned to exact releases, so a laptop and Cloud Build resolve the same code;
-# .terraform.lock.hcl (committed) adds their checksums for every platform that applies the
-# stack. Upgrading is a deliberate change: edit the versions here, then regenerate the lock
+# .terraform.lock.hcl, once produced where providers download and committed, adds their
+# checksums for every platform that applies the stack. Upgrading is a deliberate change: edit the versions here, then regenerate the lock
 # file as docs/deploy.md ("Provider versions and the lock file") shows.
 terraform {
   # 1.9: variable validations may refer to other variables and locals (variables.tf).
