@@ -50,12 +50,13 @@ test-fast: venv
 	$(PYTHON) -m pytest -q tests/unit
 
 # The post-deploy smoke check (scripts/smoke.py, standard library only), e.g.
-#   make smoke URL=https://GATEWAY_HOST KEY=... [ORIGIN=https://storage.googleapis.com]
+#   make smoke URL=https://GATEWAY_HOST KEY=... [ORIGIN=https://storage.googleapis.com] [REFERRER=https://storage.googleapis.com/]
+# (REFERRER: what the page sends as Referer, needed when the key is restricted to it, as by default)
 # Against `LOCAL_API_KEY=K make dev`: make smoke URL=http://127.0.0.1:8080 KEY=K ORIGIN=http://127.0.0.1:8080
 # (without LOCAL_API_KEY the local router checks no key: leave KEY out).
 smoke:
 	@test -n "$(URL)" || { echo "usage: make smoke URL=https://GATEWAY_HOST KEY=API_KEY [ORIGIN=...]"; exit 2; }
-	python3 scripts/smoke.py $(URL) $(if $(KEY),--key $(KEY)) $(if $(ORIGIN),--origin $(ORIGIN))
+	python3 scripts/smoke.py $(URL) $(if $(KEY),--key $(KEY)) $(if $(ORIGIN),--origin $(ORIGIN)) $(if $(REFERRER),--referrer $(REFERRER))
 
 bench: venv
 	$(PYTHON) bench/serving.py

@@ -10,6 +10,8 @@ exactly that when ``LOCAL_API_KEY`` is set, and refuses as the deployed gateway 
   callers ..."}`` (esp-v2 src/envoy/http/service_control/handler_impl.cc, callCheck);
 - a key that is not the project's: 400 ``INVALID_ARGUMENT: API key not valid. Please pass a
   valid API key.`` (src/api_proxy/service_control/check_response_convert_utils.cc, API_KEY_INVALID);
+- a key restricted to referrers (browser_key_restrictions) without a matching Referer: 403
+  ``PERMISSION_DENIED: Referer blocked.`` (the same file, REFERER_BLOCKED);
 - a spent quota: 429 ``RESOURCE_EXHAUSTED: `` followed by Service Control's description of the
   limit (ConvertAllocateQuotaResponse passes it through; the wording is Service Control's);
 
@@ -20,6 +22,7 @@ headers: the function that would add them is never called.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import threading
@@ -39,6 +42,7 @@ VARIABLES_TF = REPO / "infra" / "terraform" / "variables.tf"
 NO_KEY_MESSAGE = ("UNAUTHENTICATED: Method doesn't allow unregistered callers (callers without established "
                   "identity). Please use API Key or other form of API consumer identity to call this API.")
 BAD_KEY_MESSAGE = "INVALID_ARGUMENT: API key not valid. Please pass a valid API key."
+REFERER_BLOCKED_MESSAGE = "PERMISSION_DENIED: Referer blocked."  # CheckError::REFERER_BLOCKED
 LOCAL_SERVICE = "imgclassify.local"     # the managed service's name, as a quota message names it
 LOCAL_CONSUMER = "project_number:0"     # the consumer project that owns the local key
 
@@ -102,6 +106,7 @@ class GatewayPolicy:
     operations: dict[tuple[str, str], Operation]
     limits: dict[str, Limit]
     clock: Callable[[], float] = time.monotonic
+    allowed_referrers: tuple[str, ...] = ()   # the key's referrer restriction; () is none
     _spent: dict[str, deque] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -138,11 +143,14 @@ class GatewayPolicy:
 
     @classmethod
     def from_template(cls, api_key: str, quota_values: Mapping[str, int] | None = None,
-                      template: Path = SPEC_TEMPLATE) -> GatewayPolicy:
+                      allowed_referrers: tuple[str, ...] = (), template: Path = SPEC_TEMPLATE) -> GatewayPolicy:
         """The policy of the committed spec, with the Terraform defaults for its quotas unless
-        ``quota_values`` (by variable name, e.g. ``classify_requests_per_minute``) says otherwise."""
+        ``quota_values`` (by variable name, e.g. ``classify_requests_per_minute``) says otherwise,
+        and the key restricted to ``allowed_referrers`` (patterns with ``*``) if any."""
         values = {**terraform_defaults(), **(quota_values or {})}
-        return cls.from_spec(render_template(template.read_text(), values), api_key)
+        policy = cls.from_spec(render_template(template.read_text(), values), api_key)
+        policy.allowed_referrers = tuple(allowed_referrers)
+        return policy
 
     def check(self, method: str, template: str, headers: Mapping[str, str],
               query: Mapping[str, str]) -> Refusal | None:
@@ -156,6 +164,9 @@ class GatewayPolicy:
                 return Refusal(401, NO_KEY_MESSAGE)
             if key != self.api_key:
                 return Refusal(400, BAD_KEY_MESSAGE)
+            if self.allowed_referrers and not any(fnmatch.fnmatchcase(headers.get("referer", ""), pattern)
+                                                  for pattern in self.allowed_referrers):
+                return Refusal(403, REFERER_BLOCKED_MESSAGE)
         return self._allocate(operation.metric_costs)
 
     def _allocate(self, costs: Mapping[str, int]) -> Refusal | None:

@@ -43,6 +43,7 @@ class LocalStack:
     # Terraform defaults of the quota variables unless quota_values names them.
     api_key: str | None = None
     quota_values: dict[str, int] = field(default_factory=dict)
+    api_key_referrers: tuple[str, ...] = ()   # the key's referrer restriction (none by default)
 
     emulator: StorageEmulator | None = None   # pass a running one to share it
     functions: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -92,18 +93,21 @@ class LocalStack:
     def start_router(self) -> None:
         self.router_port = self.router_port or free_port()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
-        gateway = GatewayPolicy.from_template(self.api_key, self.quota_values) if self.api_key else None
+        gateway = (GatewayPolicy.from_template(self.api_key, self.quota_values, self.api_key_referrers)
+                   if self.api_key else None)
         router = Router(self.function_urls, REPO / "web", gateway)
         self._server = make_server("127.0.0.1", self.router_port, router, threaded=True,
                                    request_handler=FramingHandler)
         self._server.max_body_bytes = self.max_body_bytes()
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
-    def behind_gateway(self, api_key: str, quota_values: dict[str, int] | None = None) -> LocalStack:
+    def behind_gateway(self, api_key: str, quota_values: dict[str, int] | None = None,
+                       api_key_referrers: tuple[str, ...] = ()) -> LocalStack:
         """A second router over this stack's running functions, checking keys and quotas as
         API Gateway does; its ``stop`` stops that router only."""
         other = LocalStack(bucket=self.bucket, emulator=self.emulator, extra_env=self.extra_env,
-                           api_key=api_key, quota_values=dict(quota_values or {}))
+                           api_key=api_key, quota_values=dict(quota_values or {}),
+                           api_key_referrers=tuple(api_key_referrers))
         other.function_urls = self.function_urls
         other.start_router()
         return other

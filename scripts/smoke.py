@@ -1,6 +1,6 @@
 """Smoke check of a running imgclassify service, the way its users meet it.
 
-    python3 scripts/smoke.py URL [--key KEY] [--origin ORIGIN] [--model NAME] [--wait SECONDS]
+    python3 scripts/smoke.py URL [--key KEY] [--origin ORIGIN] [--referrer REFERER] [--model NAME] [--wait SECONDS]
     python3 scripts/smoke.py --terraform-outputs terraform-outputs.json --wait 600
 
 Checks, in order:
@@ -71,6 +71,9 @@ class Target:
     key: str | None
     origin: str
     model: str | None
+    # Sent as Referer with the key: what the page sends (strict-origin-when-cross-origin: its
+    # origin and "/"), so that a key restricted to the page's referrers passes as the page does.
+    referrer: str | None = None
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
                 with_key: bool = True) -> Response:
@@ -78,6 +81,8 @@ class Target:
         headers = dict(headers or {})
         if with_key and self.key:
             headers["X-Api-Key"] = self.key
+        if self.referrer:
+            headers.setdefault("Referer", self.referrer)
         request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as answer:
@@ -208,13 +213,14 @@ def target_from_terraform_outputs(path: Path, model: str | None) -> Target:
     """The deployed stack, from ``terraform output -json``: gateway URL, key, the page's origin.
 
     The origin is the first of the allowed CORS origins (the page's own unless the operator
-    serves it elsewhere), or the page bucket's when any origin is allowed.
+    serves it elsewhere), or the page bucket's when any origin is allowed; the referrer is what
+    the page on that origin sends (its origin and "/").
     """
     outputs = {name: item["value"] for name, item in json.loads(path.read_text()).items()}
     site = urllib.parse.urlsplit(outputs["site_url"])
     origins = [origin for origin in outputs.get("cors_allowed_origins", []) if origin != "*"]
     origin = origins[0] if origins else f"{site.scheme}://{site.netloc}"
-    return Target(outputs["gateway_url"].rstrip("/"), outputs["api_key"], origin, model)
+    return Target(outputs["gateway_url"].rstrip("/"), outputs["api_key"], origin, model, referrer=origin + "/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", help="API key, sent as X-Api-Key; without one, the no-key check is skipped")
     parser.add_argument("--origin", default=DEFAULT_ORIGIN, help=f"the web page's origin (default {DEFAULT_ORIGIN})")
     parser.add_argument("--model", help="model to classify the cat with (default: the service's default model)")
+    parser.add_argument("--referrer", help="Referer to send, as the page does (e.g. https://storage.googleapis.com/); "
+                                           "needed when the key is restricted to the page's referrers")
     parser.add_argument("--terraform-outputs", type=Path,
                         help="`terraform output -json` of the stack: URL, key and origin from there")
     parser.add_argument("--wait", type=float, default=0, help="retry failed checks for up to this many seconds")
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.terraform_outputs:
         target = target_from_terraform_outputs(args.terraform_outputs, args.model)
     elif args.url:
-        target = Target(args.url.rstrip("/"), args.key, args.origin, args.model)
+        target = Target(args.url.rstrip("/"), args.key, args.origin, args.model, referrer=args.referrer)
     else:
         parser.error("give the API's URL, or --terraform-outputs")
     print(f"smoke check of {target.url}")

@@ -82,7 +82,10 @@ resource "terraform_data" "startup_cpu_boost" {
   for_each = local.functions
 
   triggers_replace = {
-    function    = google_cloudfunctions2_function.function[each.key].id
+    function = google_cloudfunctions2_function.function[each.key].id
+    # Every deploy of the function (a new revision, from Terraform or not) changes update_time;
+    # the new revision has no boost until this runs again.
+    revision    = google_cloudfunctions2_function.function[each.key].update_time
     source      = google_storage_bucket_object.function_source[each.value.bundle].name
     settings    = jsonencode(each.value)
     environment = jsonencode(local.function_environment[each.key])

@@ -89,11 +89,22 @@ resource "google_project_service" "gateway_managed_service" {
   depends_on = [google_api_gateway_gateway.main]
 }
 
-# The key the web page sends as X-Api-Key: good for this API only (and, if set, only from the
-# listed referrers). Quotas are counted per consumer project: the project that owns the key.
+# A deleted key's name stays taken for 30 days: each key gets a random suffix, kept in state
+# (ignore_changes), so a destroy and a new apply within that time create a new name.
+resource "terraform_data" "api_key_suffix" {
+  input = substr(replace(uuid(), "-", ""), 0, 8)
+
+  lifecycle {
+    ignore_changes = [input]
+  }
+}
+
+# The key the web page sends as X-Api-Key: good for this API only, and from the page's
+# referrers only (local.api_key_referrers). Quotas are counted per consumer project: the
+# project that owns the key.
 resource "google_apikeys_key" "web" {
   project      = var.project_id
-  name         = "${var.name_prefix}-web"
+  name         = "${var.name_prefix}-web-${terraform_data.api_key_suffix.output}"
   display_name = "${var.name_prefix} web page"
 
   restrictions {
@@ -102,7 +113,7 @@ resource "google_apikeys_key" "web" {
     }
 
     dynamic "browser_key_restrictions" {
-      for_each = length(var.api_key_allowed_referrers) > 0 ? [var.api_key_allowed_referrers] : []
+      for_each = length(local.api_key_referrers) > 0 ? [local.api_key_referrers] : []
       content {
         allowed_referrers = browser_key_restrictions.value
       }

@@ -173,6 +173,7 @@ resource "google_storage_bucket_iam_member" "site_public_read" {
   count = var.site_public_read ? 1 : 0
 
   bucket = google_storage_bucket.site.name
-  role   = "roles/storage.objectViewer"
+  # Reads objects, lists nothing: objectViewer would also list the bucket to the world.
+  role   = "roles/storage.legacyObjectReader"
   member = "allUsers"
 }

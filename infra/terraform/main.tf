@@ -9,9 +9,11 @@ locals {
   labels           = merge({ app = var.name_prefix, managed-by = "terraform" }, var.labels)
 
   # The page is served from storage.googleapis.com (see storage.tf), so that is its origin.
-  site_origin  = "https://storage.googleapis.com"
-  site_url     = "${local.site_origin}/${local.site_bucket}/index.html"
-  cors_origins = length(var.cors_allowed_origins) > 0 ? var.cors_allowed_origins : [local.site_origin]
+  site_origin = "https://storage.googleapis.com"
+  site_url    = "${local.site_origin}/${local.site_bucket}/index.html"
+  # The page sends its origin as Referer (strict-origin-when-cross-origin), never its path.
+  api_key_referrers = var.api_key_allowed_referrers == null ? ["${local.site_origin}/*"] : var.api_key_allowed_referrers
+  cors_origins      = length(var.cors_allowed_origins) > 0 ? var.cors_allowed_origins : [local.site_origin]
 
   # Every function deployment, shared and dedicated, in one map: key => settings.
   # Dedicated classify deployments run the classify bundle with their model as the default,

@@ -3,7 +3,7 @@
 # Published models (models/catalog.json, models/NAME/VERSION/...). Private, versioned: a
 # manifest or catalog overwritten by mistake can be restored from its previous generation.
 resource "google_storage_bucket" "weights" {
-  #checkov:skip=CKV_GCP_62:Reads and writes are recorded by Cloud Storage data-access audit logs (audit.tf); legacy usage-log objects would duplicate them.
+  #checkov:skip=CKV_GCP_62:Reads and writes are recorded by Cloud Storage data-access audit logs when storage_data_access_logs is on (audit.tf; off by default for their cost); legacy usage-log objects would duplicate them.
   count = var.create_weights_bucket ? 1 : 0
 
   name                        = var.weights_bucket
@@ -34,7 +34,7 @@ resource "google_storage_bucket" "weights" {
 
 # Function source zips, named after their hash; only Terraform and the function builds read them.
 resource "google_storage_bucket" "sources" {
-  #checkov:skip=CKV_GCP_62:Reads and writes are recorded by Cloud Storage data-access audit logs (audit.tf); legacy usage-log objects would duplicate them.
+  #checkov:skip=CKV_GCP_62:Reads and writes are recorded by Cloud Storage data-access audit logs when storage_data_access_logs is on (audit.tf; off by default for their cost); legacy usage-log objects would duplicate them.
   #checkov:skip=CKV_GCP_78:Objects are named after their sha256 and never overwritten, so there is no earlier version to keep.
   name                        = local.sources_bucket
   project                     = var.project_id

@@ -113,9 +113,9 @@ variable "site_bucket" {
 }
 
 variable "storage_data_access_logs" {
-  description = "Turn on Cloud Storage data-access audit logs (DATA_READ, DATA_WRITE) for the project; this replaces per-bucket usage logs. Turn off if the project's audit config is managed elsewhere (it is authoritative per service)."
+  description = "Turn on Cloud Storage data-access audit logs (DATA_READ, DATA_WRITE) for the whole project: every object read is a billed log entry (each model download by every instance, every batch image), and the setting is authoritative for storage.googleapis.com in the project. Off by default; docs/deploy.md gives the cost."
   type        = bool
-  default     = true
+  default     = false
 }
 
 variable "site_public_read" {
@@ -291,9 +291,9 @@ variable "list_models_requests_per_minute" {
 }
 
 variable "api_key_allowed_referrers" {
-  description = "If set, the web API key works only from these HTTP referrers (e.g. https://storage.googleapis.com/SITE_BUCKET/*); it is always restricted to this API."
+  description = "HTTP referrers the web API key works from; it is always restricted to this API too. Default (null): the page's origin, https://storage.googleapis.com/* (the page sends only its origin as Referer: strict-origin-when-cross-origin). [] lifts the restriction."
   type        = list(string)
-  default     = []
+  default     = null
 }
 
 # --- Batch job ------------------------------------------------------------------------

@@ -99,3 +99,13 @@ def test_cloudbuild_runs_only_files_that_exist():
         assert re.search(r"^FROM\s+\S+\s+AS\s+base\s*$", dockerfile.read_text(), re.IGNORECASE | re.MULTILINE)
 
 
+
+
+def test_every_builds_submit_line_names_the_service_account_as_the_api_wants_it():
+    # The API takes projects/PROJECT/serviceAccounts/EMAIL; a bare name or email is refused.
+    for path in (REPO / "cloudbuild.yaml", REPO / "docs" / "deploy.md"):
+        text = path.read_text()
+        values = re.findall(r"--service-account=(\S+)", text)
+        assert values, path
+        for value in values:
+            assert re.fullmatch(r"projects/[$A-Z_a-z0-9-]+/serviceAccounts/[$A-Z_a-z0-9@.-]+", value), (path, value)

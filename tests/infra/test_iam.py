@@ -19,7 +19,7 @@ def test_no_public_principal_except_read_of_the_web_page():
     public = [grant for grant in iam_grants() if grant.member in ("allUsers", "allAuthenticatedUsers")]
     assert [(grant.resource, grant.target, grant.role) for grant in public] == [
         ("google_storage_bucket_iam_member.site_public_read", "${google_storage_bucket.site.name}",
-         "roles/storage.objectViewer")]
+         "roles/storage.legacyObjectReader")]
     for path in TERRAFORM_DIR.glob("*.tf"):
         assert "allAuthenticatedUsers" not in path.read_text(), path.name
 
@@ -111,3 +111,10 @@ def test_functions_wait_for_the_build_grants_to_settle():
     assert set(settle["triggers"].values()) == builder_grants, "the wait must come after every grant the build uses"
 
 
+
+
+def test_the_public_grant_reads_objects_without_listing_the_bucket():
+    # roles/storage.legacyObjectReader: storage.objects.get only; objectViewer adds objects.list
+    # (and buckets.get), which would list the site bucket to anyone.
+    (grant,) = [grant for grant in iam_grants() if grant.member == "allUsers"]
+    assert grant.role == "roles/storage.legacyObjectReader"

@@ -96,6 +96,9 @@ def test_function_settings_are_variables_and_functions_have_no_public_invoker():
     assert "function_environment" in service["environment_variables"]
     boost = resources("terraform_data")["startup_cpu_boost"]
     assert "each.value.startup_cpu_boost" in json.dumps(boost)
+    # A new revision (any deploy of the function) runs the boost again: it follows update_time.
+    assert boost["triggers_replace"]["revision"] == \
+        "${google_cloudfunctions2_function.function[each.key].update_time}"
     assert function["build_config"][0]["runtime"] == "python311"
     # The source object's name carries the zip's hash, so a code change redeploys.
     source = resources("google_storage_bucket_object")["function_source"]

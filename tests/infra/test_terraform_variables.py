@@ -86,3 +86,30 @@ def test_the_api_key_output_says_how_the_gateway_takes_it(spec):
     assert "?key" not in description
 
 
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    (None, ["https://storage.googleapis.com/*"]),   # default: the page's origin, what it sends as Referer
+    ([], []),                                       # explicitly unrestricted
+    (["https://photos.example.com/*"], ["https://photos.example.com/*"]),
+])
+def test_the_api_key_is_restricted_to_the_pages_origin_unless_set_otherwise(tmp_path, setting, expected):
+    settings = {} if setting is None else {"api_key_allowed_referrers": setting}
+    referrers = evaluate_locals(tmp_path, "local.api_key_referrers", settings, sources=("main.tf",),
+                                stubs={"weights_bucket": '"weights"'})
+    assert referrers == expected
+    key = resources("google_apikeys_key")["web"]
+    assert "local.api_key_referrers" in str(key["restrictions"])
+
+
+def test_the_api_keys_name_carries_a_suffix_kept_in_state():
+    # A deleted key's name is taken for 30 days: a fixed name could not be re-created sooner.
+    key = resources("google_apikeys_key")["web"]
+    assert key["name"] == "${var.name_prefix}-web-${terraform_data.api_key_suffix.output}"
+    suffix = resources("terraform_data")["api_key_suffix"]
+    assert "uuid()" in suffix["input"] and suffix["lifecycle"][0]["ignore_changes"] == ["input"]
+
+
+def test_storage_audit_logs_are_off_by_default():
+    variables = {name: body for block in load_hcl("variables.tf")["variable"] for name, body in block.items()}
+    assert variables["storage_data_access_logs"]["default"] is False

@@ -120,7 +120,8 @@ def test_smoke_check_reads_url_key_and_origin_from_terraform_outputs(tmp_path, c
         "cors_allowed_origins": {"value": cors_origins, "sensitive": False},
     }))
     target = load_smoke_module().target_from_terraform_outputs(outputs, None)
-    assert (target.url, target.key, target.origin) == ("http://127.0.0.1:9", "k-123", origin)
+    assert (target.url, target.key, target.origin, target.referrer) == ("http://127.0.0.1:9", "k-123", origin,
+                                                                         origin + "/")
 
 
 def test_every_output_the_smoke_check_reads_is_an_output_of_the_stack():
@@ -129,3 +130,20 @@ def test_every_output_the_smoke_check_reads_is_an_output_of_the_stack():
     with open(REPO / "infra" / "terraform" / "outputs.tf") as handle:
         declared = {name.strip('"') for block in hcl2.load(handle)["output"] for name in block}
     assert {"gateway_url", "api_key", "site_url", "cors_allowed_origins"} <= declared
+
+
+@pytest.mark.integration
+def test_smoke_check_sends_the_pages_referrer_to_a_key_restricted_to_it(stack):
+    # The deployed key is restricted to the page's origin (api_key_allowed_referrers' default);
+    # the page sends its origin as Referer (strict-origin-when-cross-origin), and so does the check.
+    keyed = stack.behind_gateway("referrer-key", api_key_referrers=("https://storage.googleapis.com/*",))
+    try:
+        result = smoke(keyed.url, "--origin", ALLOWED_ORIGIN, "--key", "referrer-key",
+                       "--referrer", "https://storage.googleapis.com/")
+        assert result.returncode == 0, result.stdout + result.stderr
+        without = smoke(keyed.url, "--origin", ALLOWED_ORIGIN, "--key", "referrer-key")
+        assert without.returncode == 1
+        assert "FAIL list models: GET /v1/models: expected 200, got 403" in without.stdout
+        assert "Referer blocked." in without.stdout
+    finally:
+        keyed.stop()

@@ -108,3 +108,13 @@ def test_a_quota_value_the_rendering_does_not_know_fails_loudly():
     spec = render_template(SPEC_TEMPLATE.read_text(), {"list_models_requests_per_minute": 1})
     with pytest.raises(ValueError, match="UNSET"):
         GatewayPolicy.from_spec(spec, KEY)
+
+
+def test_a_key_restricted_to_referrers_needs_a_matching_referer():
+    rules = policy()
+    rules.allowed_referrers = ("https://storage.googleapis.com/*",)
+    headers = {"x-api-key": KEY}
+    refusal = rules.check("GET", "/v1/models", headers, {})
+    assert (refusal.status, json.loads(refusal.body())["message"]) == (403, "PERMISSION_DENIED: Referer blocked.")
+    assert rules.check("GET", "/v1/models", {**headers, "referer": "https://elsewhere.example/"}, {}).status == 403
+    assert rules.check("GET", "/v1/models", {**headers, "referer": "https://storage.googleapis.com/"}, {}) is None

@@ -261,6 +261,9 @@ def test_the_page_on_another_origin_uses_the_api_base_and_key_from_config_js(edg
     assert classify and classify[0].url.startswith(f"{edge.url}/v1/models/efficientnet_lite0:classify")
     assert classify[0].headers["x-api-key"] == API_KEY
     assert classify[0].all_headers()["origin"] == edge.cross_origin_page  # a real cross-origin call (CORS)
+    # strict-origin-when-cross-origin: the page's origin as Referer, which a key restricted to
+    # the page's referrers (api_key_allowed_referrers' default) needs; never its path.
+    assert classify[0].all_headers()["referer"] == edge.cross_origin_page + "/"
 
     page.reload()  # the model list, too, came from the API's origin with the key
     expect(model_select(page)).to_be_enabled()
