@@ -3,25 +3,32 @@
 It follows :data:`imgclassify.serving.routes.ROUTES`, the same table the gateway spec is built from.
 
 Like the gateway, it reads a whole request before forwarding it, and it is as strict about
-HTTP framing as a front end must be (RFC 9112): the method must be a token, the request
-target printable ASCII, a body is framed by one Content-Length or by ``chunked`` (never
-both, never two different lengths), chunk sizes are hexadecimal, and a body ends where its
-framing says. Anything else is answered with a 400 JSON error and the connection is closed;
-a body over ``max_body_bytes`` with 413 before it is read. A client that stops sending is
-dropped after ``read_timeout_seconds``.
+HTTP framing as a front end must be (RFC 9112). h11 parses each request: the method must be a
+token, the request target printable ASCII, a body is framed by one Content-Length or by
+``chunked`` (never both here, never two different lengths), chunk sizes are hexadecimal, and a
+body ends where its framing says. Anything else is answered with a 400 JSON error and the
+connection is closed; a body over ``max_body_bytes`` with 413, before it is read when its
+length is declared. A client that stops sending is dropped after ``read_timeout_seconds``
+(``4 x`` that for a whole body), and at most ``max_connections`` connections are served at
+once, one thread each; others wait in the listen backlog.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
+import socket
+import socketserver
+import sys
+import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
+import h11
 import requests
 from werkzeug.middleware.shared_data import SharedDataMiddleware
-from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 from imgclassify.errors import BackendUnavailable, InvalidRequest, NotFound, PayloadTooLarge, ServiceError
@@ -34,127 +41,185 @@ from .gateway import GatewayPolicy
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                 "proxy-authorization", "proxy-authenticate", "content-length", "content-encoding", "host",
                 "server", "date"}
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET = re.compile(r"[\x21-\x7e]+")
-_HEX = re.compile(r"[0-9A-Fa-f]{1,16}")
-_MAX_LINE = 4096
-_MAX_TRAILERS = 32
-_ERROR_KEY = "imgclassify.router.error"
+_MAX_HEAD_BYTES = 64 * 1024
 
 
-class FramingHandler(WSGIRequestHandler):
-    """werkzeug's request handler, reading the body itself with strict framing and limits."""
+class RouterServer(socketserver.ThreadingTCPServer):
+    """Serves one WSGI ``app`` over HTTP/1.1 on ``address``, framing requests with h11."""
 
-    # socketserver applies this to the connection: a client that stops sending is dropped.
-    timeout = 10.0
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
 
-    def make_environ(self) -> dict:
-        environ = super().make_environ()
+    def __init__(self, address: tuple[str, int], app: Callable, max_body_bytes: int,
+                 read_timeout_seconds: float = 10.0, max_connections: int = 64) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout_seconds = read_timeout_seconds
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, _Connection)
+
+    def process_request(self, request, client_address) -> None:
+        # A thread per connection, at most max_connections of them: the accept loop waits for a slot.
+        self._slots.acquire()
         try:
-            body = self._read_body()
-        except ServiceError as error:
-            environ[_ERROR_KEY] = error
-            self.close_connection = True
-            body = b""
-        environ.pop("HTTP_TRANSFER_ENCODING", None)
-        environ["wsgi.input"] = io.BytesIO(body)
-        environ["wsgi.input_terminated"] = False
-        environ["CONTENT_LENGTH"] = str(len(body))
-        return environ
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own refusals (a malformed request line, headers too long, ...) as JSON too."""
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":  # http.server would send a bare body: nobody speaks 0.9
-            self.request_version = "HTTP/1.0"
-        body = InvalidRequest(f"the request cannot be parsed: {message or code}").to_json()
-        payload = json.dumps(body).encode()
+    def process_request_thread(self, request, client_address) -> None:
         try:
-            self.send_response(400, "Bad Request")
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    """One client connection: requests one after another (keep-alive) until either side closes."""
+
+    server: RouterServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(self.server.read_timeout_seconds)
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
+        while True:
+            try:
+                received = self._read_request(sock, connection)
+            except ServiceError as error:
+                self._send_refusal(sock, error)
+                return
+            except OSError:  # a timeout or a reset: the client stopped sending
+                return
+            if received is None:
+                return
+            status, headers, body = self._call_app(*received)
+            try:
+                keep_alive = self._send(sock, connection, received[0], status, headers, body)
+            except (OSError, h11.LocalProtocolError):
+                return
+            if not keep_alive:
+                return
+            connection.start_next_cycle()
+
+    def _read_request(self, sock: socket.socket, connection: h11.Connection) -> tuple[h11.Request, bytes] | None:
+        limit = self.server.max_body_bytes
+        deadline = None
+        request, parts, total = None, [], 0
+        while True:
+            try:
+                event = connection.next_event()
+            except h11.RemoteProtocolError as error:
+                raise InvalidRequest(f"the request cannot be parsed: {error}") from None
+            if event is h11.NEED_DATA:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise InvalidRequest("the body was not received in time")
+                if request is not None and connection.they_are_waiting_for_100_continue:
+                    sock.sendall(connection.send(h11.InformationalResponse(status_code=100, headers=[])))
+                connection.receive_data(sock.recv(1 << 16))
+            elif isinstance(event, h11.Request):
+                request = event
+                _check_framing(event, limit)
+                deadline = time.monotonic() + 4 * self.server.read_timeout_seconds
+            elif isinstance(event, h11.Data):
+                total += len(event.data)
+                if total > limit:
+                    raise PayloadTooLarge(f"the body passes the limit of {limit} bytes")
+                parts.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return request, b"".join(parts)
+            elif isinstance(event, h11.ConnectionClosed):
+                if request is None:
+                    return None
+                raise InvalidRequest("the connection closed before the request ended")
+
+    def _call_app(self, request: h11.Request, body: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+        answer: dict = {}
+
+        def start_response(status, headers, exc_info=None):
+            answer["status"], answer["headers"] = status, headers
+
+        result = self.server.app(_environ(request, body, self.client_address, self.server.server_address),
+                                 start_response)
+        try:
+            payload = b"".join(result)
+        finally:
+            getattr(result, "close", lambda: None)()
+        return answer["status"], answer["headers"], payload
+
+    @staticmethod
+    def _send(sock: socket.socket, connection: h11.Connection, request: h11.Request, status: str,
+              headers: list[tuple[str, str]], body: bytes) -> bool:
+        code, _, reason = status.partition(" ")
+        sent = [(name, value) for name, value in headers if name.lower() not in ("content-length", "transfer-encoding")]
+        sent.append(("Content-Length", str(len(body))))
+        sock.sendall(connection.send(h11.Response(status_code=int(code), headers=sent, reason=reason)))
+        if body and request.method != b"HEAD":
+            sock.sendall(connection.send(h11.Data(data=body)))
+        sock.sendall(connection.send(h11.EndOfMessage()))
+        return connection.our_state is h11.DONE and connection.their_state is h11.DONE
+
+    @staticmethod
+    def _send_refusal(sock: socket.socket, error: ServiceError) -> None:
+        """The router's own refusal of what h11 could not frame, written directly: the connection
+        is closed after it, whatever state the parse left it in."""
+        payload = json.dumps(error.to_json()).encode()
+        reason = "Payload Too Large" if error.status == 413 else "Bad Request"
+        head = (f"HTTP/1.1 {error.status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n")
+        try:
+            sock.sendall(head.encode() + payload)
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # the client is gone
 
-    # --- framing -------------------------------------------------------------------------
 
-    def _read_body(self) -> bytes:
-        if not _TOKEN.fullmatch(self.command or ""):
-            raise InvalidRequest(f"the method {self.command[:20]!r} is not an HTTP token")
-        if not _TARGET.fullmatch(self.path or ""):
-            raise InvalidRequest("the request target has characters that must be percent-encoded")
-        lengths = self.headers.get_all("Content-Length") or []
-        encodings = self.headers.get_all("Transfer-Encoding") or []
-        deadline = time.monotonic() + 4 * self.timeout
-        if encodings:
-            if lengths:
-                raise InvalidRequest("the request has both Transfer-Encoding and Content-Length")
-            codings = [coding.strip().lower() for coding in ",".join(encodings).split(",")]
-            if codings != ["chunked"]:
-                raise InvalidRequest(f"Transfer-Encoding {','.join(codings)[:60]!r} is not supported; use chunked")
-            return self._read_chunked(deadline)
-        if not lengths:
-            return b""
-        values = {value.strip() for value in ",".join(lengths).split(",")}
-        if len(values) != 1:
-            raise InvalidRequest(f"the request has different Content-Length values: {', '.join(sorted(values))[:80]}")
-        value = values.pop()
-        if not (value.isascii() and value.isdigit() and len(value) <= 19):
-            raise InvalidRequest(f"Content-Length {value[:30]!r} is not a number of bytes")
-        length = int(value)
-        if length > self.server.max_body_bytes:
-            raise PayloadTooLarge(f"the body has {length} bytes; the limit is {self.server.max_body_bytes}")
-        return self._read_exactly(length, deadline, "the body")
+def _check_framing(request: h11.Request, limit: int) -> None:
+    """What h11 lets through and a front end must not: both framings, another HTTP version, and a
+    declared length over the limit (refused before a byte of the body is read)."""
+    names = [name for name, _ in request.headers]
+    if request.http_version not in (b"1.0", b"1.1"):
+        raise InvalidRequest(f"HTTP/{request.http_version.decode('latin-1')[:10]} is not supported")
+    if b"transfer-encoding" in names and b"content-length" in names:
+        raise InvalidRequest("the request has both Transfer-Encoding and Content-Length")
+    for name, value in request.headers:
+        if name == b"content-length" and int(value) > limit:
+            raise PayloadTooLarge(f"the body has {int(value)} bytes; the limit is {limit}")
 
-    def _read_exactly(self, size: int, deadline: float, what: str) -> bytes:
-        parts, remaining = [], size
-        try:
-            while remaining:
-                part = self.rfile.read(min(remaining, 1 << 16))
-                if not part:
-                    break
-                parts.append(part)
-                remaining -= len(part)
-                if time.monotonic() > deadline:
-                    raise InvalidRequest(f"{what} was not received in time")
-        except OSError:  # a timeout or a reset: the client stopped sending
-            pass
-        data = b"".join(parts)
-        if len(data) < size:
-            raise InvalidRequest(f"{what} ended after {len(data)} of its {size} bytes")
-        return data
 
-    def _read_line(self, what: str) -> bytes:
-        try:
-            line = self.rfile.readline(_MAX_LINE + 1)
-        except OSError:
-            line = b""
-        if not line.endswith(b"\n") or len(line) > _MAX_LINE:
-            raise InvalidRequest(f"{what} is missing, cut short or longer than {_MAX_LINE} bytes")
-        return line.rstrip(b"\r\n")
-
-    def _read_chunked(self, deadline: float) -> bytes:
-        parts, total = [], 0
-        while True:
-            size_text = self._read_line("a chunk size line").split(b";", 1)[0].strip(b" \t")
-            if not _HEX.fullmatch(size_text.decode("latin-1")):
-                raise InvalidRequest(f"chunk size {size_text[:20]!r} is not 1-16 hexadecimal digits")
-            size = int(size_text, 16)
-            if total + size > self.server.max_body_bytes:
-                raise PayloadTooLarge(f"the chunked body passes the limit of {self.server.max_body_bytes} bytes")
-            if size == 0:
-                for _ in range(_MAX_TRAILERS):
-                    if not self._read_line("the end of the chunked body"):
-                        return b"".join(parts)
-                raise InvalidRequest(f"more than {_MAX_TRAILERS} trailer fields")
-            parts.append(self._read_exactly(size, deadline, "a chunk"))
-            total += size
-            if self._read_line("the end of a chunk"):
-                raise InvalidRequest("a chunk is longer than its size says")
+def _environ(request: h11.Request, body: bytes, client: tuple, server: tuple) -> dict:
+    """The WSGI environ of one request (PEP 3333: the path percent-decoded, as latin-1)."""
+    target = request.target.decode("latin-1")
+    path, _, query = target.partition("?")
+    environ = {
+        "REQUEST_METHOD": request.method.decode("latin-1"),
+        "SCRIPT_NAME": "",
+        "PATH_INFO": urllib.parse.unquote_to_bytes(path).decode("latin-1"),
+        "QUERY_STRING": query,
+        "REQUEST_URI": target,
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{request.http_version.decode()}",
+        "REMOTE_ADDR": client[0],
+        "REMOTE_PORT": str(client[1]),
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for raw_name, raw_value in request.headers:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        if name == "content-type":
+            environ["CONTENT_TYPE"] = value
+        elif name not in ("content-length", "transfer-encoding"):
+            key = "HTTP_" + name.upper().replace("-", "_")
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
 
 
 class Router:
@@ -177,10 +242,6 @@ class Router:
         return error_response(NotFound("no such page"))(environ, start_response)
 
     def __call__(self, environ, start_response):
-        if _ERROR_KEY in environ:
-            response = error_response(environ[_ERROR_KEY])
-            response.headers["Connection"] = "close"
-            return response(environ, start_response)
         request = Request(environ)
         found = match(request.path)
         if found is None:

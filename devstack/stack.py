@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -10,14 +9,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from werkzeug.serving import make_server
-
 from imgclassify.serving.routes import FUNCTIONS
 
 from .emulator import StorageEmulator
 from .gateway import GatewayPolicy
 from .processes import REPO, free_port, spawn, stop, wait_until_answers
-from .router import FramingHandler, Router
+from .router import Router, RouterServer
 
 
 def function_command(function: str, port: int, source_dir: Path | None = None) -> list[str]:
@@ -92,13 +89,10 @@ class LocalStack:
 
     def start_router(self) -> None:
         self.router_port = self.router_port or free_port()
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
         gateway = (GatewayPolicy.from_template(self.api_key, self.quota_values, self.api_key_referrers)
                    if self.api_key else None)
         router = Router(self.function_urls, REPO / "web", gateway)
-        self._server = make_server("127.0.0.1", self.router_port, router, threaded=True,
-                                   request_handler=FramingHandler)
-        self._server.max_body_bytes = self.max_body_bytes()
+        self._server = RouterServer(("127.0.0.1", self.router_port), router, self.max_body_bytes())
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def behind_gateway(self, api_key: str, quota_values: dict[str, int] | None = None,
@@ -129,6 +123,7 @@ class LocalStack:
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
         for process in self.functions.values():
             stop(process)
