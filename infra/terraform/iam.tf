@@ -177,3 +177,35 @@ resource "google_storage_bucket_iam_member" "site_public_read" {
   role   = "roles/storage.legacyObjectReader"
   member = "allUsers"
 }
+
+# --- The deployer (Cloud Build's account): what later applies need, on this stack only -------
+#
+# docs/deploy.md step 2 gives it project roles without service-account use or storage; the
+# first apply (by the operator) grants it use of the stack's own accounts (to deploy functions
+# and the job as them) and storage on the stack's own buckets (the state bucket is granted in
+# step 2). Unset deployer_email: no grants.
+
+resource "google_service_account_iam_member" "deployer_uses" {
+  for_each = var.deployer_email == null ? {} : {
+    classify    = google_service_account.classify.name
+    list_models = google_service_account.list_models.name
+    gateway     = google_service_account.gateway.name
+    builder     = google_service_account.builder.name
+    batch       = google_service_account.batch.name
+  }
+
+  service_account_id = each.value
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${var.deployer_email}"
+}
+
+resource "google_storage_bucket_iam_member" "deployer_manages" {
+  for_each = var.deployer_email == null ? {} : merge(
+    { sources = google_storage_bucket.sources.name, site = google_storage_bucket.site.name },
+    var.create_weights_bucket ? { weights = google_storage_bucket.weights[0].name } : {},
+  )
+
+  bucket = each.value
+  role   = "roles/storage.admin"
+  member = "serviceAccount:${var.deployer_email}"
+}

@@ -435,3 +435,14 @@ variable "alert_p99_latency_ms" {
     error_message = "alert_p99_latency_ms must be at least 100."
   }
 }
+
+variable "deployer_email" {
+  description = "Email of the deployer account Cloud Build runs as (docs/deploy.md step 2). When set, it may act as the stack's own service accounts and manage the stack's buckets, and nothing wider; null: no grants (an Owner applies)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.deployer_email == null || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z][a-z0-9-]+\\.iam\\.gserviceaccount\\.com$", var.deployer_email))
+    error_message = "deployer_email must be a service account's email, NAME@PROJECT.iam.gserviceaccount.com."
+  }
+}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from devstack.processes import REPO
 from tests.support.infra import (
     IAM_GRANT,
     RUNTIME_ACCOUNTS,
@@ -118,3 +121,26 @@ def test_the_public_grant_reads_objects_without_listing_the_bucket():
     # (and buckets.get), which would list the site bucket to anyone.
     (grant,) = [grant for grant in iam_grants() if grant.member == "allUsers"]
     assert grant.role == "roles/storage.legacyObjectReader"
+
+
+def test_the_deployer_uses_only_the_stacks_accounts_and_manages_only_its_buckets():
+    uses = resources("google_service_account_iam_member")["deployer_uses"]
+    assert uses["role"] == "roles/iam.serviceAccountUser"
+    accounts = set(re.findall(r"google_service_account\.(\w+)\.name", uses["for_each"]))
+    assert accounts == set(resources("google_service_account")) == {"classify", "list_models", "gateway", "builder",
+                                                                     "batch"}
+    manages = resources("google_storage_bucket_iam_member")["deployer_manages"]
+    assert manages["role"] == "roles/storage.admin"
+    assert "google_storage_bucket.sources.name" in manages["for_each"] and "google_storage_bucket.site.name" in \
+        manages["for_each"]
+
+
+def test_the_deployers_project_roles_in_the_docs_hold_no_account_use_no_storage_and_conditional_iam_admin():
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    step = docs[docs.index("## 2. Create the state bucket"):docs.index("## 3. ")]
+    project_roles = set(re.search(r"for role in (.*?); do", step, re.S).group(1).replace("\\", " ").split())
+    assert not project_roles & {"iam.serviceAccountUser", "storage.admin", "resourcemanager.projectIamAdmin",
+                                "owner", "editor"}
+    condition = re.search(r"--role=roles/resourcemanager.projectIamAdmin.*?hasOnly\(\[(.*?)\]\)", step, re.S)
+    granted = {grant.role for grant in iam_grants() if grant.resource.startswith("google_project_iam_member.")}
+    assert {role.strip(" '") for role in condition.group(1).split(",")} == granted
