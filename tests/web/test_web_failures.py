@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import Page, expect
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.serving import make_server
@@ -270,3 +271,29 @@ def test_the_page_on_another_origin_uses_the_api_base_and_key_from_config_js(edg
     listing = [request for request in api_requests
                if request.url == f"{edge.url}/v1/models" and request.method == "GET"]
     assert listing and listing[-1].headers["x-api-key"] == API_KEY
+
+
+def test_on_another_origin_a_refused_key_reads_as_unreachable_because_the_refusal_has_no_cors(edge, browser):
+    # As deployed: the page on its own origin, the gateway on another. The preflight passes (the
+    # function answers it, with CORS headers); the gateway's 400 for the key carries none, so the
+    # browser hides it from the page, which can only say the service could not be reached.
+    keyed = edge.local.behind_gateway(API_KEY)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        config = json.dumps({"apiBase": keyed.url, "apiKey": "old-key"})
+        page.route("**/config.js", lambda route: route.fulfill(
+            content_type="text/javascript", body=f"window.IMGCLASSIFY_CONFIG = {config};"))
+        failed = []
+        page.on("requestfailed", lambda request: failed.append(request) if request.url.startswith(keyed.url) else None)
+        page.goto(edge.cross_origin_page)
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("The service could not be reached, even after several tries.", timeout=60_000)
+        assert failed and {request.headers["x-api-key"] for request in failed} == {"old-key"}
+        # What the browser hid: the gateway's refusal, without CORS headers, for the page's origin.
+        refusal = requests.get(f"{keyed.url}/v1/models", headers={"x-api-key": "old-key",
+                                                                  "Origin": edge.cross_origin_page}, timeout=30)
+        assert refusal.status_code == 400 and "access-control-allow-origin" not in refusal.headers
+    finally:
+        context.close()
+        keyed.stop()
