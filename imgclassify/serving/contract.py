@@ -47,6 +47,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "A published model name, optionally name@version (name@latest is the same as name).",
         "examples": ["efficientnet_lite0", "efficientnet_lite0@1"],
     },
+    "ModelChoice": {
+        "type": "string", "pattern": f"^(?:{MODEL_NAME.pattern}(@{MODEL_VERSION.pattern})?)?$", "maxLength": 97,
+        "description": "The model to use, as in ModelRef; empty (or absent) means the default model.",
+    },
     "TopK": {
         "type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": DEFAULT_TOP_K,
         "description": f"How many labels per image (1..{MAX_TOP_K}, default {DEFAULT_TOP_K}); "
@@ -68,7 +72,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "instances": {"type": "array", "minItems": 1, "items": {"$ref": _REF + "Instance"},
                           "description": "At most MAX_IMAGES_PER_REQUEST (default 32) images, one result each."},
-            "model": {"$ref": _REF + "ModelRef"},
+            "model": {"$ref": _REF + "ModelChoice"},
             "top_k": {"$ref": _REF + "TopK"},
         },
     },
@@ -80,7 +84,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                       # (openapi-python-client, openapi-generator) read as a file upload.
                       "items": {"type": "string", "format": "binary",
                                 "contentMediaType": "application/octet-stream"}},
-            "model": {"$ref": _REF + "ModelRef"},
+            "model": {"$ref": _REF + "ModelChoice"},
             "top_k": {"$ref": _REF + "TopK"},
         },
     },
@@ -231,8 +235,8 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 
 _NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "schema": {"$ref": _REF + "ModelRef"},
                    "description": "A published model name, optionally name@version."}
-_MODEL_PARAMETER = {"name": "model", "in": "query", "required": False, "schema": {"$ref": _REF + "ModelRef"},
-                    "description": "Model name or name@version (default: the default model)."}
+_MODEL_PARAMETER = {"name": "model", "in": "query", "required": False, "schema": {"$ref": _REF + "ModelChoice"},
+                    "description": "Model name or name@version (absent or empty: the default model)."}
 _TOP_K_PARAMETER = {"name": "top_k", "in": "query", "required": False, "schema": {"$ref": _REF + "TopK"},
                     "description": "How many labels per image."}
 _NOT_MODIFIED = {"304": {"description": "Not modified: If-None-Match matched the ETag."}}
