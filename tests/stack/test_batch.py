@@ -491,6 +491,14 @@ def test_the_job_image_runs_the_batch_module_from_the_copied_package():
     assert {".venv", ".git", ".local", "**/__pycache__"} <= set(ignored)
 
 
+def test_the_job_image_base_is_pinned_by_digest_so_its_cache_holds_until_the_pin_changes():
+    dockerfile = (REPO / "batch" / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.MULTILINE).group(1)
+
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base)
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS base$", dockerfile, re.MULTILINE)
+
+
 def pins(path: Path) -> dict[str, str]:
     """``{name: version}`` of a requirements file's ``name==version`` lines."""
     found = {}
