@@ -97,6 +97,11 @@ class MissingImage(InvalidRequest):
     meaning = "a multipart body without an image field"
 
 
+class EmbeddingsUnavailable(InvalidRequest):
+    code = "EMBEDDINGS_UNAVAILABLE"
+    meaning = "`:embed` on a model whose graph has no feature output (`publish migrate` adds it)"
+
+
 # --- 403, 404, 405 ----------------------------------------------------------------------------
 
 

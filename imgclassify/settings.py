@@ -174,6 +174,8 @@ BATCH_SETTINGS: tuple[Setting, ...] = (
     Setting("BATCH_DOWNLOAD_CONCURRENCY", "int", 8, "threads that download, decode and preprocess ahead of the model"),
     Setting("BATCH_CHUNK_SIZE", "int", 64, "images per output object, the unit of resumption"),
     Setting("BATCH_LOG_SECONDS", "float", 30.0, "seconds between progress log lines when not on a terminal"),
+    Setting("BATCH_FEATURES", "bool", False, "write each image's penultimate features instead of its labels "
+            "(the input of `publish train --features`)"),
 )
 
 _BY_FIELD = {setting.field: setting for setting in SETTINGS if setting.field}

@@ -36,9 +36,10 @@ HEADER = """\
 #
 # Routing notes:
 # - x-google-backend uses APPEND_PATH_TO_ADDRESS: the function receives /v1/... unchanged.
-# - "/v1/models/{name}:classify" is a path template with a custom verb (google.api.http
-#   grammar: Template = "/" Segments [":" Verb]); ESPv2 matches the verb separately, so it does
-#   not collide with GET /v1/models/{name}. {name} is one path segment at the gateway; the
+# - "/v1/models/{name}:classify" and ":embed" are path templates with a custom verb (google.api.http
+#   grammar: Template = "/" Segments [":" Verb]); ESPv2 matches the verb separately, so they do
+#   not collide with GET /v1/models/{name}. An :embed request costs one classify request of the
+#   quota: the same function runs the same forward pass. {name} is one path segment at the gateway; the
 #   function still checks the name itself (400 INVALID_MODEL_NAME).
 # - A dedicated model's literal path, /v1/models/NAME:classify, outranks the template.
 """

@@ -8,11 +8,13 @@ Checks, in order:
 1. ``GET /v1/models`` lists models and names a default;
 2. ``POST /v1/models/MODEL:classify`` with a photo of a cat (scikit-image's ``chelsea``,
    CC0, 300x200, in scripts/data/) puts a domestic cat first (ImageNet classes 281-285);
-3. a request without the API key is refused (401 or 403) -- skipped when no key is given,
+3. ``POST /v1/models/MODEL:embed`` with the same photo gives one unit-length embedding of the
+   announced ``dimensions``;
+4. a request without the API key is refused (401 or 403) -- skipped when no key is given,
    as against a local stack started without LOCAL_API_KEY (API Gateway always checks);
-4. a CORS preflight for ``POST /v1/classify`` from ORIGIN, the web page's origin, is
+5. a CORS preflight for ``POST /v1/classify`` from ORIGIN, the web page's origin, is
    answered with that origin (or ``*``), the method and the ``X-Api-Key`` header allowed;
-5. an unknown model is a JSON 404 ``UNKNOWN_MODEL``, from both functions.
+6. an unknown model is a JSON 404 ``UNKNOWN_MODEL``, from both functions.
 
 Exit status 0 when every check passes (or is skipped), 1 otherwise. With ``--wait`` the failed
 checks are retried until they pass or the time is up: a new gateway, config or key can take
@@ -132,6 +134,26 @@ def check_classify_photo(target: Target) -> str:
     return f"{target.model}@{answer['model']['version']}: {label} ({score:.0%})"
 
 
+def check_embed_photo(target: Target) -> str:
+    if target.model is None:
+        raise CheckFailed("no model to embed with: listing the models failed")
+    path = f"/v1/models/{urllib.parse.quote(target.model)}:embed"
+    response = target.request("POST", path, PHOTO.read_bytes(), {"Content-Type": "image/jpeg"})
+    if response.status == 400 and b"EMBEDDINGS_UNAVAILABLE" in response.body:
+        raise CheckFailed(f"POST {path}: {target.model} has no feature output; run "
+                          f"`python -m imgclassify.publish migrate {target.model}`")
+    expect_status(response, 200, f"POST {path}")
+    answer = response.json()
+    try:
+        embedding, dimensions = [float(value) for value in answer["results"][0]["embedding"]], answer["dimensions"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise CheckFailed(f"POST {path}: no embedding in {str(answer)[:300]}") from None
+    length = sum(value * value for value in embedding) ** 0.5
+    if len(embedding) != dimensions or abs(length - 1) > 1e-3:
+        raise CheckFailed(f"POST {path}: {len(embedding)} values (dimensions {dimensions}), length {length:.4f}")
+    return f"{target.model}@{answer['model']['version']}: {dimensions} unit-length features"
+
+
 def check_key_required(target: Target) -> str:
     if not target.key:
         raise Skipped("no key given (the local router checks keys only with LOCAL_API_KEY; API Gateway always does)")
@@ -176,6 +198,7 @@ def check_unknown_model(target: Target) -> str:
 CHECKS: list[tuple[str, Callable[[Target], str]]] = [
     ("list models", check_list_models),
     ("classify a cat", check_classify_photo),
+    ("embed a cat", check_embed_photo),
     ("key required", check_key_required),
     ("CORS preflight", check_cors_preflight),
     ("unknown model", check_unknown_model),

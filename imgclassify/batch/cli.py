@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> BatchOptions:
                         help="number of tasks (CLOUD_RUN_TASK_COUNT, default 1)")
     parser.add_argument("--log-every", type=float, default=_from(env, "BATCH_LOG_SECONDS"),
                         help=_help("BATCH_LOG_SECONDS"))
+    try:
+        features = declared("BATCH_FEATURES").read(env)
+    except ConfigError as error:
+        parser.error(str(error))
+    parser.add_argument("--features", action=argparse.BooleanOptionalAction, default=features,
+                        help=_help("BATCH_FEATURES"))
     args = parser.parse_args(argv)
     if not args.input or not args.output:
         parser.error("INPUT and OUTPUT (or BATCH_INPUT and BATCH_OUTPUT) are required")
@@ -85,7 +91,8 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> BatchOptions:
     return BatchOptions(input=args.input, output=args.output, model=args.model, top_k=args.top_k,
                         batch_size=args.batch_size, download_concurrency=args.download_concurrency,
                         chunk_size=args.chunk_size, task_index=args.task_index, task_count=args.task_count,
-                        log_every_seconds=args.log_every, attempt=env.get("CLOUD_RUN_TASK_ATTEMPT"))
+                        log_every_seconds=args.log_every, attempt=env.get("CLOUD_RUN_TASK_ATTEMPT"),
+                        features=args.features)
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:

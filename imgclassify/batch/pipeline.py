@@ -56,8 +56,9 @@ def image_preparer(source: ObjectStore, model: LoadedModel, settings: Settings) 
 
 
 def classify_chunk(model: LoadedModel, uris: list[str], prepared: Iterable[np.ndarray | dict], *,
-                   batch_size: int, top_k: int) -> list[dict]:
-    """One row per uri, in order; images are classified ``batch_size`` at a time.
+                   batch_size: int, top_k: int, features: bool = False) -> list[dict]:
+    """One row per uri, in order; images are classified ``batch_size`` at a time (with
+    ``features``, each row holds the image's penultimate features instead of predictions).
 
     The last batch is padded with blank images to the full size: the forward pass's floats
     depend (in the last bits) on the batch size, so every image goes through a batch of the
@@ -69,10 +70,13 @@ def classify_chunk(model: LoadedModel, uris: list[str], prepared: Iterable[np.nd
     def run_batch() -> None:
         inputs = [array for _, array in waiting]
         inputs += [np.zeros_like(inputs[0])] * (batch_size - len(inputs))
-        predictions = model.classify(inputs, top_k)
-        for (position, _), found in zip(waiting, predictions, strict=False):  # the padding's rows are dropped
+        if features:
+            answers = [{"features": [round(float(value), 6) for value in row]} for row in model.features(inputs)]
+        else:
+            answers = [{"predictions": found} for found in model.classify(inputs, top_k)]
+        for (position, _), answer in zip(waiting, answers, strict=False):  # the padding's rows are dropped
             rows[position] = {"uri": uris[position], "model": model.manifest.name,
-                              "version": model.manifest.version, "predictions": found}
+                              "version": model.manifest.version, **answer}
         waiting.clear()
 
     for position, (uri, result) in enumerate(zip(uris, prepared, strict=False)):
@@ -126,7 +130,7 @@ def classify_chunks(model: LoadedModel, source: ObjectStore, output: ObjectStore
                             options.download_concurrency + 2 * options.batch_size)
         for number, names in todo.items():
             rows = classify_chunk(model, [f"{source.uri}/{name}" for name in names], islice(prepared, len(names)),
-                                  batch_size=options.batch_size, top_k=top_k)
+                                  batch_size=options.batch_size, top_k=top_k, features=options.features)
             chunk_name = chunk_object(options.task_index, options.task_count, number)
             writes.append(writer.submit(write_chunk, output, chunk_name, rows))
             chunk_counts = row_counts(rows)

@@ -8,11 +8,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from imgclassify.imaging.decode import is_image_name
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.store.catalog import parse_model_ref
 from imgclassify.store.objects import GenerationMismatch, ObjectNotFound, ObjectStore
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 JOB_OBJECT = "job.json"
 
 
@@ -33,13 +33,15 @@ class BatchOptions:
     task_count: int = 1
     log_every_seconds: float = 30.0
     attempt: str | None = None  # CLOUD_RUN_TASK_ATTEMPT, for the logs
+    features: bool = False      # rows of penultimate features (for `publish train --features`), not labels
+
+    @property
+    def rows(self) -> str:
+        """What the rows hold: ``predictions`` or ``features``."""
+        return "features" if self.features else "predictions"
 
 
 # --- what this task does: listing, sharding, chunking -----------------------------------
-
-
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def list_images(store: ObjectStore) -> list[str]:
@@ -114,11 +116,12 @@ def pin_job(output: ObjectStore, source: ObjectStore, options: BatchOptions, reg
         resolved_name, resolved_version = registry.resolve(f"{name}@{version}" if version else name)
         job = _create_or_read_json(output, JOB_OBJECT, {
             "input": source.uri, "model": resolved_name, "version": resolved_version, "top_k": options.top_k,
-            "task_count": options.task_count, "chunk_size": options.chunk_size,
+            "task_count": options.task_count, "chunk_size": options.chunk_size, "rows": options.rows,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         })
     wanted = {"input": source.uri, "model": name, "top_k": options.top_k, "task_count": options.task_count,
-              "chunk_size": options.chunk_size, **({"version": version} if version else {})}
+              "chunk_size": options.chunk_size, "rows": options.rows, **({"version": version} if version else {})}
+    job.setdefault("rows", "predictions")  # a run from before feature rows existed
     different = [f"{key} {job.get(key)!r} (asked for {value!r})"
                  for key, value in wanted.items() if job.get(key) != value]
     if different:

@@ -40,6 +40,8 @@ def run_task(options: BatchOptions, settings: Settings) -> dict:
     loaded, cpu_loaded = time.monotonic(), time.process_time()
     if todo:
         model, _ = registry.get(job["model"] + "@" + job["version"])  # this task's one model load
+        if options.features:
+            model.require_features()  # before any image is read: the message names publish migrate
         loaded, cpu_loaded = time.monotonic(), time.process_time()
         progress = Progress(len(images), len(images) - sum(map(len, todo.values())), fields,
                             options.log_every_seconds)

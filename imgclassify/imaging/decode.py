@@ -28,6 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from imgclassify.errors import ImageTooLarge, PixelBudgetExceeded, UndecodableImage, UnsupportedImageFormat
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# File names taken as images where a folder or prefix is listed (the batch job, training sets).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 # No allowed format is meant for a side longer than JPEG's limit. Beyond it decoders can
 # become pathological: an animated WebP declaring a 16 000 000 x 1 canvas (16 Mpx, under
@@ -80,6 +82,11 @@ def pixel_budget(limit: int) -> Iterator[PixelBudget]:
         yield budget
     finally:
         _budget.reset(token)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a listed file's name says it is an image of a supported format."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _has_allowed_signature(data: bytes) -> bool:

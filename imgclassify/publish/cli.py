@@ -18,6 +18,7 @@ from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore, open_st
 from .catalog_writes import describe_files, remove
 from .errors import PublishError
 from .sources import BUNDLED, migrate, publish_bundled, publish_framework_model, publish_onnx_file
+from .training import DEFAULT_BACKBONE, TrainOptions, format_evaluation, train_classifier
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,8 +60,36 @@ def _parser() -> argparse.ArgumentParser:
     onnx.add_argument("--description")
     onnx.add_argument("--licence")
     onnx.add_argument("--default", action="store_true", help="make it the default model")
+    train = commands.add_parser("train", help="train a classifier on a frozen backbone from labelled photos")
+    train.add_argument("source", metavar="SOURCE",
+                       help="a folder or gs:// prefix of SOURCE/<label>/<image>, or a Vertex AI import CSV "
+                            "([ML_USE,]URI,LABEL)")
+    train.add_argument("--name", required=True, help="model name to publish as")
+    train.add_argument("--backbone", metavar="MODEL[@VERSION]",
+                       help=f"published model whose features are used (default {DEFAULT_BACKBONE}; with "
+                            "--features, the batch job's model)")
+    train.add_argument("--features", metavar="PREFIX",
+                       help="take the features from an `imgclassify-batch --features` output instead of "
+                            "computing them here (large sets; docs/batch.md)")
+    train.add_argument("--version", help="version label (default: next number)")
+    defaults = TrainOptions()
+    train.add_argument("--min-per-label", type=int, default=defaults.min_per_label,
+                       help=f"refuse a label with fewer images (default {defaults.min_per_label})")
+    train.add_argument("--max-bad-share", type=float, default=defaults.max_bad_share,
+                       help=f"refuse a set with more undecodable images than this share (default "
+                            f"{defaults.max_bad_share:g}); fewer are listed and skipped")
+    train.add_argument("--test-share", type=float, default=defaults.test_share,
+                       help=f"share of each label's unassigned images held out (default {defaults.test_share:g})")
+    train.add_argument("--validation-share", type=float, default=defaults.validation_share,
+                       help=f"share of the rest that chooses the regularisation (default "
+                            f"{defaults.validation_share:g})")
+    train.add_argument("--augment", action="store_true", help="add flipped and cropped views of training images")
+    train.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and the augmentation")
+    train.add_argument("--description")
+    train.add_argument("--default", action="store_true", help="make it the default model")
     migrate_command = commands.add_parser(
-        "migrate", help="republish models that have no model.onnx as new versions carrying ONNX")
+        "migrate", help="republish models that have no model.onnx, or whose graph has no feature output, as new "
+                        "versions")
     migrate_command.add_argument("names", nargs="*", metavar="NAME", help="models to migrate (default: all)")
     commands.add_parser("list", help="print the catalog")
     rm = commands.add_parser("remove", help="unpublish NAME@VERSION")
@@ -82,6 +111,16 @@ def _note_if_missing(store: ObjectStore) -> None:
     if isinstance(store, LocalStore) and not store.root.exists():
         print(f"note: {store.uri} does not exist; set MODEL_STORE or --store to the store you mean "
               "(make dev prints the lines for its own)", file=sys.stderr)
+
+
+def _check_shares(args: argparse.Namespace) -> None:
+    for option, value in (("--test-share", args.test_share), ("--validation-share", args.validation_share),
+                          ("--max-bad-share", args.max_bad_share)):
+        if not 0 <= value < 1:
+            raise InvalidRequest(f"{option} must be at least 0 and below 1; found {value:g}")
+    if args.min_per_label < 3:
+        raise InvalidRequest(f"--min-per-label must be at least 3 (one image each to train, validate and test); "
+                             f"found {args.min_per_label}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +145,25 @@ def main(argv: list[str] | None = None) -> int:
                 max_mb=args.max_mb, name=args.name, version=args.version, description=args.description,
                 licence=args.licence, make_default=args.default)
             print(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)}) to {where}")
+        elif args.command == "train":
+            _check_shares(args)
+            options = TrainOptions(min_per_label=args.min_per_label, max_bad_share=args.max_bad_share,
+                                   test_share=args.test_share, validation_share=args.validation_share,
+                                   augment=args.augment, seed=args.seed)
+            result = train_classifier(store, args.source, name=args.name, backbone=args.backbone,
+                                      version=args.version, options=options, features_from=args.features,
+                                      description=args.description,
+                                      make_default=args.default)
+            print(format_evaluation(result.evaluation))
+            seconds = result.seconds
+            print(f"features {seconds['features']:.1f} s, head {seconds['fit_and_evaluate']:.1f} s, "
+                  f"total {seconds['total']:.1f} s ({seconds['total'] / max(seconds['features'], 1e-9):.2f} x the "
+                  f"features)")
+            print(f"published {result.manifest.name}@{result.manifest.version} "
+                  f"({describe_files(result.manifest)}) to {where}")
         elif args.command == "migrate":
             migrated = migrate(store, args.names or None)
-            print(f"migrated {len(migrated)} models in {where}; the rest already had model.onnx")
+            print(f"migrated {len(migrated)} models in {where}; the rest already had model.onnx with features")
         elif args.command == "list":
             _note_if_missing(store)
             catalog, _ = read_catalog(store)

@@ -46,7 +46,8 @@ def check_batch(preprocessing: Preprocessing, photos: Sequence[str] = CHECK_PHOT
     return np.stack(arrays)
 
 
-def _session(data: bytes):
+def session(data: bytes):
+    """An ONNX Runtime session for checks at publish time."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -95,12 +96,16 @@ def compare_logits(expected: np.ndarray, got: np.ndarray, tolerance: float = LOG
 def export_checked(module, preprocessing: Preprocessing) -> tuple[bytes, dict]:
     """Export ``module`` and prove the graph on real photos; return its bytes and what was measured.
 
+    The graph carries the penultimate features as its second output where its final layer
+    is linear (:func:`.graphs.with_feature_output`; ``measured["feature_size"]`` says how wide).
     Raises ExportMismatch (nothing is written) with the measured difference.
     """
     import torch
 
+    from .graphs import with_feature_output
+
     module.eval()
-    data = export_onnx(module, preprocessing.crop_size)
+    data, feature_size = with_feature_output(export_onnx(module, preprocessing.crop_size))
     try:
         signature = check_onnx(data)
     except OnnxRuleViolation as error:
@@ -108,11 +113,12 @@ def export_checked(module, preprocessing: Preprocessing) -> tuple[bytes, dict]:
     batch = check_batch(preprocessing)
     with torch.inference_mode():
         expected = module(torch.from_numpy(batch)).float().numpy()
-    got = _session(data).run(None, {signature.input_name: batch})[0]
+    got = session(data).run(None, {signature.input_name: batch})[0]
     problem = compare_logits(expected, got)
     if problem:
         raise ExportMismatch(f"ONNX Runtime does not reproduce the torch model on real photos: {problem}")
-    return data, {"photos": len(batch), "max_logit_difference": float(np.abs(expected - got).max())}
+    return data, {"photos": len(batch), "max_logit_difference": float(np.abs(expected - got).max()),
+                  "feature_size": feature_size}
 
 
 def check_onnx_file(data: bytes, labels: Sequence[str], preprocessing: Preprocessing, *,
@@ -137,7 +143,7 @@ def check_onnx_file(data: bytes, labels: Sequence[str], preprocessing: Preproces
                                "dynamic (torch.onnx.export(..., dynamic_shapes=...): see the README)")
     batch = check_batch(preprocessing)
     try:
-        output = _session(data).run(None, {signature.input_name: batch})[0]
+        output = session(data).run(None, {signature.input_name: batch})[0]
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         message = " ".join(str(error).split())[:1000]  # ONNX Runtime's, on one line
         raise InvalidModelFile(f"a trial run on {len(batch)} photos at once failed (does a node fix the batch "

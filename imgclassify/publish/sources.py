@@ -19,7 +19,7 @@ from imgclassify.store.catalog import Architecture, Manifest, Preprocessing, rea
 from imgclassify.store.objects import ObjectStore
 
 from .catalog_writes import describe_files, next_version, publish, refuse_existing
-from .errors import InvalidWeights
+from .errors import ExportMismatch, InvalidWeights
 from .labels import read_labels
 
 
@@ -50,7 +50,9 @@ def torch_files(manifest: Manifest, module, *, torch_only: bool = False) -> tupl
     from .export import export_checked
 
     files["onnx"], measured = export_checked(module, manifest.preprocessing)
-    return replace(manifest, engine="onnxruntime", metadata={**manifest.metadata, "onnx_check": measured}), files
+    feature_size = measured.pop("feature_size")
+    return replace(manifest, engine="onnxruntime", feature_size=feature_size,
+                   metadata={**manifest.metadata, "onnx_check": measured}), files
 
 
 def imagenet_labels() -> tuple[str, ...]:
@@ -234,6 +236,7 @@ def publish_onnx_file(store: ObjectStore, file: str, *, labels_file: str, crop_s
                       make_default: bool = False) -> Manifest:
     """Publish an ONNX classifier from any framework, after the same checks as an exported one."""
     from .export import check_onnx_file
+    from .graphs import with_feature_output
 
     labels = read_labels(labels_file)  # the trial run checks the count against the graph's output
     try:
@@ -244,6 +247,7 @@ def publish_onnx_file(store: ObjectStore, file: str, *, labels_file: str, crop_s
     with open(file, "rb") as handle:
         data = handle.read(max_mb * 2**20 + 1)
     signature = check_onnx_file(data, labels, preprocessing, max_bytes=max_mb * 2**20)
+    data, feature_size = with_feature_output(data)  # the same graph with its penultimate features exposed
     name = name or os.path.splitext(os.path.basename(file))[0].lower().replace("-", "_")
     manifest = Manifest(
         name=name,
@@ -254,6 +258,7 @@ def publish_onnx_file(store: ObjectStore, file: str, *, labels_file: str, crop_s
         preprocessing=preprocessing,
         engine="onnxruntime",
         output=output,
+        feature_size=feature_size,
         metadata={"description": description or f"ONNX classifier {os.path.basename(file)}",
                   "source": os.path.basename(file), "licence": licence},
     )
@@ -261,9 +266,8 @@ def publish_onnx_file(store: ObjectStore, file: str, *, labels_file: str, crop_s
 
 
 def migrate(store: ObjectStore, names: list[str] | None = None, *, log=print) -> list[Manifest]:
-    """Republish, as a new version carrying ONNX, the latest version of every model that has none."""
-    from imgclassify.runtime.architectures import build_module
-
+    """Republish, as a new version, the latest version of every model that has no ``model.onnx``
+    (exported from its weights) or whose graph has no feature output (the output added)."""
     catalog, _ = read_catalog(store)
     unknown = sorted(set(names or ()) - set(catalog.models))
     if unknown:
@@ -271,19 +275,62 @@ def migrate(store: ObjectStore, names: list[str] | None = None, *, log=print) ->
     published = []
     for name in names or sorted(catalog.models):
         old = read_manifest(store, name, catalog.models[name]["latest"])
-        if "onnx" in old.artifacts:
+        if "onnx" in old.artifacts and old.feature_size is not None:
             continue
-        if old.architecture.library == "onnx":
-            raise InvalidRequest(f"{name}@{old.version} has no torch weights to export")
-        weights = store.download(old.artifacts["safetensors"].object)
-        from safetensors.torch import load
-
-        module = build_module(old.architecture, load(weights))
         fresh = replace(old, version=next_version(store, name), artifacts={}, published_at="", publish_id="",
                         metadata={**old.metadata, "migrated_from": old.version})
-        manifest = publish_torch_module(store, fresh, module, make_default=catalog.default_model == name)
+        make_default = catalog.default_model == name
+        if "onnx" in old.artifacts:
+            manifest = _publish_with_feature_output(store, old, fresh, make_default=make_default)
+            if manifest is None:
+                log(f"{name}@{old.version}: its graph does not end in a linear layer; no feature output to add")
+                continue
+        else:
+            manifest = _publish_exported(store, old, fresh, make_default=make_default)
         log(f"migrated {name}@{old.version} -> {name}@{manifest.version} ({describe_files(manifest)})")
         published.append(manifest)
     return published
 
 
+def _verified_download(store: ObjectStore, manifest: Manifest, kind: str) -> bytes:
+    from imgclassify.runtime.models import verify_artifact
+
+    data = store.download(manifest.artifacts[kind].object)
+    verify_artifact(manifest, manifest.artifacts[kind], data)
+    return data
+
+
+def _publish_exported(store: ObjectStore, old: Manifest, fresh: Manifest, *, make_default: bool) -> Manifest:
+    """A model published before ONNX: exported from its verified weights, features included."""
+    from safetensors.torch import load
+
+    from imgclassify.runtime.architectures import build_module
+
+    if old.architecture.library == "onnx":
+        raise InvalidRequest(f"{old.name}@{old.version} has no torch weights to export")
+    module = build_module(old.architecture, load(_verified_download(store, old, "safetensors")))
+    return publish_torch_module(store, fresh, module, make_default=make_default)
+
+
+def _publish_with_feature_output(store: ObjectStore, old: Manifest, fresh: Manifest, *,
+                                 make_default: bool) -> Manifest | None:
+    """An ONNX model whose graph has no feature output: the same graph with one, its scores
+    checked equal to the old graph's on real photos; None if its final layer is not linear."""
+    from .export import check_batch, compare_logits, session
+    from .graphs import with_feature_output
+
+    files = {kind: _verified_download(store, old, kind) for kind in old.artifacts}
+    graph, feature_size = with_feature_output(files["onnx"])
+    if feature_size is None:
+        return None
+    batch = check_batch(old.preprocessing)
+
+    def scores(data: bytes):
+        runner = session(data)
+        return runner.run(None, {runner.get_inputs()[0].name: batch})[0]
+
+    problem = compare_logits(scores(files["onnx"]), scores(graph), 0.0)  # an added output changes no value
+    if problem:
+        raise ExportMismatch(f"adding the feature output changed {old.name}@{old.version}'s scores: {problem}")
+    files["onnx"] = graph
+    return publish(store, replace(fresh, feature_size=feature_size), files, make_default=make_default)

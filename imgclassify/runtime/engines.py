@@ -27,9 +27,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from imgclassify.errors import EngineUnavailable, IntegrityError
+from imgclassify.errors import EmbeddingsUnavailable, EngineUnavailable, IntegrityError
 from imgclassify.settings import Settings
 from imgclassify.store.catalog import Manifest
+
+from .onnx_rules import FEATURE_OUTPUT
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,6 +66,11 @@ class Network(ABC):
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw output rows (logits, or probabilities if the manifest says so)."""
 
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Each image's penultimate features (the graph's feature output), one row per image."""
+        raise EmbeddingsUnavailable("this engine serves no features; the ONNX Runtime engine (ENGINE=onnxruntime) "
+                                    "does")
+
 
 class Engine(ABC):
     name: str
@@ -95,9 +102,17 @@ class OnnxRuntimeNetwork(Network):
     def __init__(self, session) -> None:
         self.session = session
         self.input_name = session.get_inputs()[0].name
+        outputs = [output.name for output in session.get_outputs()]
+        self.scores_name = outputs[0]
+        self.has_features = FEATURE_OUTPUT in outputs[1:]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        return self.session.run([self.scores_name], {self.input_name: batch})[0]
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        if not self.has_features:
+            raise EmbeddingsUnavailable(f"the graph has no {FEATURE_OUTPUT!r} output")
+        return self.session.run([FEATURE_OUTPUT], {self.input_name: batch})[0]
 
 
 class OnnxRuntimeEngine(Engine):

@@ -7,18 +7,22 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgclassify.errors import IntegrityError, ObjectNotFound
+from imgclassify.errors import EmbeddingsUnavailable, IntegrityError, ObjectNotFound
 from imgclassify.imaging.decode import decode_image
 from imgclassify.imaging.preprocess import preprocess
 from imgclassify.memory import release_free_memory
 from imgclassify.store.catalog import ArtifactRef, Manifest, version_dir
 from imgclassify.store.objects import ObjectStore
 
-from .engines import Engine, EngineOptions, Network, engine_for
-from .scores import scores, top_k
+from .engines import MIGRATE_COMMAND, Engine, EngineOptions, Network, engine_for
+from .scores import l2_normalised, scores, top_k
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,15 @@ class LoadedModel:
 
     def prepare(self, data: bytes, *, max_pixels: int) -> np.ndarray:
         """Encoded image bytes to this model's input: safe decode (JPEG draft mode down to what
-        the model needs), then preprocessing. The API and the batch job both call this."""
-        image = decode_image(data, max_pixels=max_pixels, min_side=self.manifest.preprocessing.resize)
+        the model needs), then preprocessing. The API, the batch job and training all call this."""
+        return self.preprocess(self.decode(data, max_pixels=max_pixels))
+
+    def decode(self, data: bytes, *, max_pixels: int) -> Image.Image:
+        """The first half of :meth:`prepare`: an upright RGB image, decoded no larger than needed."""
+        return decode_image(data, max_pixels=max_pixels, min_side=self.manifest.preprocessing.resize)
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The second half of :meth:`prepare`: resize, centre crop and normalise for this model."""
         return preprocess(image, self.manifest.preprocessing)
 
     def outputs(self, inputs: list[np.ndarray]) -> np.ndarray:
@@ -85,6 +96,30 @@ class LoadedModel:
     def classify(self, inputs: list[np.ndarray], k: int) -> list[list[dict]]:
         """Top-k predictions for preprocessed inputs, run as one batch."""
         return top_k(self.probabilities(inputs), self.manifest.labels, k)
+
+    def features(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """The penultimate features (the graph's feature output) of preprocessed inputs, as one batch.
+
+        EmbeddingsUnavailable if the model's graph has none (``publish migrate`` adds it).
+        """
+        self.require_features()
+        name, version = self.key
+        rows = self.network().features(np.stack(inputs))
+        if rows.shape[1:] != (self.manifest.feature_size,):
+            raise IntegrityError(f"{name}@{version} gives {list(rows.shape[1:])} features per image but its "
+                                 f"manifest says {self.manifest.feature_size}")
+        return rows
+
+    def require_features(self) -> None:
+        """EmbeddingsUnavailable unless this model's graph has a feature output."""
+        if self.manifest.feature_size is None:
+            name = self.manifest.name
+            raise EmbeddingsUnavailable(f"{name}@{self.manifest.version} has no feature output; run "
+                                        f"`{MIGRATE_COMMAND} {name}` to republish it with one")
+
+    def embed(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """L2-normalised penultimate features of preprocessed inputs (unit rows; a zero row stays zero)."""
+        return l2_normalised(self.features(inputs))
 
 
 def verify_artifact(manifest: Manifest, artifact: ArtifactRef, data: bytes) -> None:

@@ -7,7 +7,9 @@ from a vendor domain would tie the model to one runtime build.
 
 Rules: a well-formed ModelProto; operators from the standard domains only; no tensor in
 any graph (subgraphs included) stored as external data; exactly one float32 input of rank
-4 with 3 channels (NCHW) and exactly one output of rank 2 (N, classes).
+4 with 3 channels (NCHW); a first output of rank 2 (N, classes), and optionally a second one
+named :data:`FEATURE_OUTPUT` of rank 2 (N, width): the penultimate features, the input of the
+final linear layer, which ``:embed`` serves and trained heads sit on.
 
 The functions read a model with :data:`ONNX_SUBSET`, the few ONNX message fields these rules
 need, declared here with their numbers from ``onnx.proto`` (a test compares them with the
@@ -22,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+# The name of a graph's optional second output: each image's penultimate features.
+FEATURE_OUTPUT = "features"
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _EXTERNAL = 1  # onnx.TensorProto.EXTERNAL
 # onnx.TensorProto.DataType -> bytes per element (FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64,
@@ -90,6 +94,13 @@ class GraphSignature:
     output_shape: tuple[int | str, ...]
     initializer_bytes: int                  # what the weights occupy in memory once loaded
     producer: str
+    feature_shape: tuple[int | str, ...] | None = None  # the FEATURE_OUTPUT's shape, if the graph has one
+
+    @property
+    def feature_size(self) -> int | None:
+        """The width of the feature output (None without one, or where it is not fixed)."""
+        width = self.feature_shape[1] if self.feature_shape else None
+        return width if isinstance(width, int) else None
 
 
 def _dims(value_info) -> tuple[int | str, ...]:
@@ -170,10 +181,12 @@ def check_onnx(data: bytes) -> GraphSignature:
     initializer_names = {tensor.name for tensor in model.graph.initializer}
     inputs = [value for value in model.graph.input if value.name not in initializer_names]
     outputs = list(model.graph.output)
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise OnnxRuleViolation(f"an image classifier has one input and one output; this graph has "
-                                f"{len(inputs)} inputs and {len(outputs)} outputs")
-    (graph_input,), (graph_output,) = inputs, outputs
+    features = outputs[1] if len(outputs) == 2 and outputs[1].name == FEATURE_OUTPUT else None
+    if len(inputs) != 1 or len(outputs) != (2 if features is not None else 1):
+        raise OnnxRuleViolation(f"an image classifier has one input and one output (and optionally a second "
+                                f"output named {FEATURE_OUTPUT!r}); this graph has {len(inputs)} inputs and "
+                                f"{len(outputs)} outputs {[output.name for output in outputs]}")
+    (graph_input,), graph_output = inputs, outputs[0]
     input_shape, output_shape = _dims(graph_input), _dims(graph_output)
     if graph_input.type.tensor_type.elem_type != _FLOAT:
         raise OnnxRuleViolation(f"input {graph_input.name!r} must be float32")
@@ -182,5 +195,8 @@ def check_onnx(data: bytes) -> GraphSignature:
                                 f"found {list(input_shape)}")
     if len(output_shape) != 2:
         raise OnnxRuleViolation(f"output {graph_output.name!r} must be (N, classes); found {list(output_shape)}")
+    feature_shape = _dims(features) if features is not None else None
+    if feature_shape is not None and len(feature_shape) != 2:
+        raise OnnxRuleViolation(f"output {FEATURE_OUTPUT!r} must be (N, width); found {list(feature_shape)}")
     return GraphSignature(graph_input.name, graph_output.name, input_shape, output_shape, initializer_bytes,
-                          f"{model.producer_name} {model.producer_version}".strip())
+                          f"{model.producer_name} {model.producer_version}".strip(), feature_shape)

@@ -1,4 +1,4 @@
-"""Scores and top-k: what a model's output rows become in an answer."""
+"""Scores, top-k and embeddings: what a model's output rows become in an answer."""
 
 from __future__ import annotations
 
@@ -23,3 +23,10 @@ def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[li
         rows.append([{"label": labels[index], "index": int(index), "score": round(float(row[index]), 6)}
                      for index in best])
     return rows
+
+
+def l2_normalised(rows: np.ndarray) -> np.ndarray:
+    """Each row divided by its Euclidean length (float32); an all-zero row stays zero."""
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)

@@ -1,4 +1,5 @@
-"""The ``classify`` function: its routes (``POST /v1/classify``, ``POST /v1/models/{name}:classify``) and its start."""
+"""The ``classify`` function: its routes (``POST /v1/classify``, ``POST /v1/models/{name}:classify`` and
+``:embed``) and its start."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ class ClassifyApp(HttpApp):
         parsed = parse_classify_request(request, path_model=params.get("name"), max_bytes=settings.max_request_bytes,
                                         max_images=settings.max_images_per_request)
         # Every image this request decodes, wherever it comes from, is charged to one budget.
+        operation = self.service.embed if route.operation == "embedWithModel" else self.service.classify
         with pixel_budget(settings.max_request_pixels):
-            result = self.service.classify(parsed)
+            result = operation(parsed)
         context.update(model=result["model"]["name"], version=result["model"]["version"],
                        cold=result["cold_start"], images=len(parsed.images))
         return json_response(result)

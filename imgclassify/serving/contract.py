@@ -41,6 +41,21 @@ _EXAMPLE_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4
 
 _REF = "#/components/schemas/"
 
+
+def _answering_model() -> dict[str, Any]:
+    """The ``model`` of a classify or embed answer (a fresh dict: the gateway spec's YAML has no aliases)."""
+    return {"type": "object", "required": ["name", "version"],
+            "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                           "random_init": {"type": "boolean"}}}
+
+
+def _cold_start_and_timing() -> dict[str, Any]:
+    return {
+        "cold_start": {"type": "boolean", "description": "Whether this request waited for the model to load."},
+        "timing_ms": {"type": "object", "required": ["model_load", "decode_preprocess", "inference", "total"],
+                      "additionalProperties": {"type": "number", "minimum": 0}},
+    }
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "ModelRef": {
         "type": "string", "pattern": MODEL_REF_PATTERN, "maxLength": 97,
@@ -96,9 +111,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Classification": {
         "type": "object", "required": ["model", "results", "cold_start", "timing_ms"],
         "properties": {
-            "model": {"type": "object", "required": ["name", "version"],
-                      "properties": {"name": {"type": "string"}, "version": {"type": "string"},
-                                     "random_init": {"type": "boolean"}}},
+            "model": _answering_model(),
             "results": {
                 "type": "array", "minItems": 1, "description": "One result per input image, in input order.",
                 "items": {"type": "object", "required": ["predictions"],
@@ -107,9 +120,23 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                               "items": {"$ref": _REF + "Prediction"},
                               "description": "Most likely first; scores are softmax probabilities."}}},
             },
-            "cold_start": {"type": "boolean", "description": "Whether this request waited for the model to load."},
-            "timing_ms": {"type": "object", "required": ["model_load", "decode_preprocess", "inference", "total"],
-                          "additionalProperties": {"type": "number", "minimum": 0}},
+            **_cold_start_and_timing(),
+        },
+    },
+    "Embeddings": {
+        "type": "object", "required": ["model", "results", "dimensions", "cold_start", "timing_ms"],
+        "properties": {
+            "model": _answering_model(),
+            "results": {
+                "type": "array", "minItems": 1, "description": "One result per input image, in input order.",
+                "items": {"type": "object", "required": ["embedding"],
+                          "properties": {"embedding": {
+                              "type": "array", "minItems": 1, "items": {"type": "number"},
+                              "description": "The image's penultimate features (the input of the model's final "
+                                             "linear layer), L2-normalised: cosine similarity is a dot product."}}},
+            },
+            "dimensions": {"type": "integer", "minimum": 1, "description": "The length of every embedding."},
+            **_cold_start_and_timing(),
         },
     },
     "ModelSummary": {
@@ -124,6 +151,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "input_size": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3},
             "num_classes": {"type": "integer", "minimum": 1},
             "weights_bytes": {"type": "integer", "minimum": 0, "description": "Bytes of the file that is served."},
+            "feature_size": {"type": ["integer", "null"], "minimum": 1,
+                             "description": "Length of the model's embeddings (`:embed`); null if it serves none."},
             "random_init": {"type": "boolean"},
             "top1_accuracy": {"type": ["number", "null"]},
             "licence": {"type": ["string", "null"]},
@@ -146,6 +175,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "labels": {"type": "array", "items": {"type": "string"}, "minItems": 1},
             "preprocessing": {"type": "object", "required": ["resize", "crop_size", "mean", "std"]},
             "metadata": {"type": "object"},
+            "evaluation": {
+                "type": ["object", "null"],
+                "description": "A trained classifier's figures on its held-out images (null for other models): "
+                               "accuracy, per-label precision and recall, the confusion matrix (rows: true "
+                               "label, columns: predicted, in the order of per_label).",
+                "required": ["images", "accuracy", "per_label", "confusion_matrix"],
+                "properties": {
+                    "images": {"type": "integer", "minimum": 1},
+                    "accuracy": {"type": "number", "minimum": 0, "maximum": 1},
+                    "per_label": {"type": "array", "items": {
+                        "type": "object", "required": ["label", "precision", "recall", "images"],
+                        "properties": {"label": {"type": "string"}, "precision": {"type": "number"},
+                                       "recall": {"type": "number"}, "images": {"type": "integer"}}}},
+                    "confusion_matrix": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+                },
+            },
             "versions": {"type": "array", "items": {"type": "object", "required": ["name", "version"]}},
             "latest": {"type": "string"},
         },
@@ -275,6 +320,13 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
         "parameters": [_NAME_PARAMETER, _TOP_K_PARAMETER],
         "requestBody": _CLASSIFY_BODY,
         "responses": {"200": _json("Classification", "One result per image, in input order.")},
+        "errors": (400, 403, 404, 405, 413, 415, 422, 500, 503),
+    },
+    "embedWithModel": {
+        "summary": "Embed images with the model named in the path: L2-normalised penultimate features.",
+        "parameters": [_NAME_PARAMETER],
+        "requestBody": _CLASSIFY_BODY,
+        "responses": {"200": _json("Embeddings", "One embedding per image, in input order.")},
         "errors": (400, 403, 404, 405, 413, 415, 422, 500, 503),
     },
     "classify": {

@@ -28,7 +28,8 @@ class ModelListing:
         return {"models": catalog.listing(self.catalog.configured_default), "default_model": default}
 
     def describe_model(self, name: str) -> dict:
-        """``GET /v1/models/{name}``: the latest manifest's summary, labels, preprocessing and all versions."""
+        """``GET /v1/models/{name}``: the latest manifest's summary, labels, preprocessing, evaluation (trained
+        classifiers) and all versions."""
         name, version = self.catalog.resolve(name)
         catalog = self.catalog.catalog()
         manifest = self.catalog.manifest(name, version)
@@ -39,6 +40,8 @@ class ModelListing:
             "labels": list(manifest.labels),
             "preprocessing": manifest.to_json()["preprocessing"],
             "metadata": manifest.metadata,
+            # a trained classifier's held-out accuracy, per-label precision and recall, confusion matrix
+            "evaluation": manifest.metadata.get("evaluation"),
             "versions": [entry["versions"][key] for key in sorted(entry["versions"])],
             "latest": entry["latest"],
         }

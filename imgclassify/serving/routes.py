@@ -29,10 +29,11 @@ class Route:
         return re.compile(re.escape(self.template).replace(r"\{name\}", "(?P<name>.+)") + r"\Z")
 
 
-# Order matters: ":classify" must be tried before the plain model route.
+# Order matters: ":classify" and ":embed" must be tried before the plain model route.
 ROUTES = (
     Route("list_models", "GET", "/v1/models", "listModels"),
     Route("classify", "POST", "/v1/models/{name}:classify", "classifyWithModel"),
+    Route("classify", "POST", "/v1/models/{name}:embed", "embedWithModel"),
     Route("list_models", "GET", "/v1/models/{name}", "getModel"),
     Route("classify", "POST", "/v1/classify", "classify"),
     Route("list_models", "GET", "/v1/openapi.json", "getOpenApi"),

@@ -1,4 +1,5 @@
-"""The ``classify`` operation, free of any web framework: fetch, decode, preprocess, run, top-k.
+"""The ``classify`` and ``embed`` operations, free of any web framework: fetch, decode, preprocess, run,
+then top-k or L2-normalised features.
 
 The classify function and the tests call it; the listing operations live in
 :mod:`imgclassify.serving.listing`.
@@ -40,8 +41,24 @@ class ClassifyService:
 
     def classify(self, request: ClassifyRequest) -> dict:
         """Classify every image of ``request`` with one model, as one batch, in input order."""
+        return self._run(request, lambda model, inputs: {
+            "results": [{"predictions": rows} for rows in model.classify(inputs, request.top_k)]})
+
+    def embed(self, request: ClassifyRequest) -> dict:
+        """Each image's L2-normalised penultimate features (one batch, input order); 400
+        EMBEDDINGS_UNAVAILABLE before any image is read if the model's graph has none."""
+        def embeddings(model, inputs) -> dict:
+            rows = model.embed(inputs)
+            return {"results": [{"embedding": [round(float(value), 7) for value in row]} for row in rows],
+                    "dimensions": int(rows.shape[1])}
+
+        return self._run(request, embeddings, check=lambda model: model.require_features())
+
+    def _run(self, request: ClassifyRequest, operation, check=None) -> dict:
         started = time.perf_counter()
         model, cold = self.registry.get(request.model)
+        if check is not None:
+            check(model)
         model.network()  # built by now, or here (waiting for a build already running)
         loaded = time.perf_counter()
         inputs = [self._prepare(model, image, index, len(request.images))
@@ -50,13 +67,13 @@ class ClassifyService:
         # On the request thread: ONNX Runtime runs concurrent forwards on one session safely,
         # and an A/B against a single lane thread with micro-batching (bench/serving.py, README)
         # showed the lane no faster at 1 or 16 clients and slower at 8.
-        predictions = model.classify(inputs, request.top_k)
+        answer = operation(model, inputs)
         finished = time.perf_counter()
         release_free_memory_now_and_then()
         return {
             "model": {"name": model.manifest.name, "version": model.manifest.version,
                       "random_init": model.manifest.random_init},
-            "results": [{"predictions": rows} for rows in predictions],
+            **answer,
             "cold_start": cold,
             "timing_ms": {
                 "model_load": round((loaded - started) * 1000, 1),

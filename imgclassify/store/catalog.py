@@ -159,6 +159,7 @@ class Manifest:
     preprocessing: Preprocessing
     engine: str = "onnxruntime"          # the engine the publisher checked it with
     output: str = "logits"
+    feature_size: int | None = None      # width of the graph's feature output (what :embed serves), if any
     random_init: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
     published_at: str = ""
@@ -206,6 +207,10 @@ class Manifest:
             if not artifacts or not set(artifacts) <= set(ARTIFACT_FILENAMES):
                 raise ValueError(f"artifacts must be some of {', '.join(ARTIFACT_FILENAMES)}, "
                                  f"found {sorted(artifacts)}")
+            feature_size = data.get("feature_size")
+            if feature_size is not None and (not isinstance(feature_size, int) or isinstance(feature_size, bool)
+                                             or feature_size < 1):
+                raise ValueError(f"feature_size must be a positive whole number or null, found {feature_size!r}")
             output = data.get("output", "logits")
             if output not in OUTPUTS:
                 raise ValueError(f"output must be one of {OUTPUTS}, found {output!r}")
@@ -220,6 +225,7 @@ class Manifest:
                 artifacts=artifacts,
                 engine=engine,
                 output=output,
+                feature_size=feature_size,
                 labels=labels,
                 preprocessing=Preprocessing(
                     resize=pre["resize"], crop_size=pre["crop_size"],
@@ -245,6 +251,7 @@ class Manifest:
             "input_size": self.input_size,
             "num_classes": self.num_classes,
             "engine": self.engine,
+            "feature_size": self.feature_size,
             "weights_bytes": self.served_artifact().bytes,
             "random_init": self.random_init,
             "top1_accuracy": self.metadata.get("top1_accuracy"),

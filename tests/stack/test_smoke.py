@@ -35,7 +35,8 @@ def test_smoke_check_passes_against_the_local_stack(stack):
     result = smoke(stack.url, "--origin", ALLOWED_ORIGIN)
     assert result.returncode == 0, result.stdout + result.stderr
     passed = {line.split(":")[0] for line in lines_starting(result.stdout, "PASS")}
-    assert passed == {"PASS list models", "PASS classify a cat", "PASS CORS preflight", "PASS unknown model"}
+    assert passed == {"PASS list models", "PASS classify a cat", "PASS embed a cat", "PASS CORS preflight",
+                      "PASS unknown model"}
     assert lines_starting(result.stdout, "SKIP") == [
         "SKIP key required: no key given (the local router checks keys only with LOCAL_API_KEY; "
         "API Gateway always does)"]

@@ -18,6 +18,7 @@ from imgclassify.publish.catalog_writes import update_catalog
 from imgclassify.publish.cli import main
 from imgclassify.publish.errors import ExportMismatch
 from imgclassify.publish.export import LOGIT_TOLERANCE, check_batch, compare_logits
+from imgclassify.publish.graphs import with_feature_output
 from imgclassify.publish.sources import publish_torch_module, serialize_weights
 from imgclassify.runtime.engines import EngineOptions, TorchEngine
 from imgclassify.runtime.onnx_rules import check_onnx
@@ -199,13 +200,17 @@ def test_a_brought_onnx_file_is_published_and_served_over_the_emulator(gcs_store
 
     assert main(onnx_command(gcs_store.bucket_name, path, labels_file)) == 0
 
-    assert f"published colour_net@1 (model.onnx {len(serialized(graph)):,} bytes)" in capsys.readouterr().out
+    # the same graph with its penultimate features (the final MatMul's input) as a second output
+    published, feature_size = with_feature_output(serialized(graph))
+    assert feature_size == 3 and published != serialized(graph)
+    assert f"published colour_net@1 (model.onnx {len(published):,} bytes)" in capsys.readouterr().out
     manifest = read_manifest(gcs_store, "colour_net", "1")
     assert (manifest.engine, manifest.architecture, set(manifest.artifacts)) == (
         "onnxruntime", Architecture("onnx", "tests"), {"onnx"})
     assert manifest.labels == ("red", "green", "blue")
     assert manifest.preprocessing == Preprocessing(resize=37, crop_size=32, mean=(0, 0, 0), std=(1, 1, 1))
-    assert gcs_store.download(manifest.artifacts["onnx"].object) == serialized(graph)
+    assert gcs_store.download(manifest.artifacts["onnx"].object) == published
+    assert manifest.feature_size == 3
 
     predictions = classify_orange(gcs_store.bucket_name, "colour_net")
 
@@ -351,6 +356,7 @@ def test_a_schema_1_model_is_served_by_torch_then_migrate_republishes_it_with_on
     assert (migrated.schema_version, migrated.engine, set(migrated.artifacts)) == (
         2, "onnxruntime", {"onnx", "safetensors"})
     assert migrated.metadata["migrated_from"] == "1"
+    assert migrated.feature_size is not None  # the export carries the penultimate features
     assert migrated.artifacts["safetensors"].sha256 == hashlib.sha256(weights).hexdigest()
     assert (migrated.labels, migrated.preprocessing, migrated.architecture) == (
         legacy_model.manifest.labels, legacy_model.manifest.preprocessing, legacy_model.manifest.architecture)
@@ -385,6 +391,41 @@ def test_a_schema_1_model_without_torch_is_refused_naming_the_migrate_command(gc
     assert error["code"] == "ENGINE_UNAVAILABLE"
     assert "legacy@1 has only safetensors" in error["message"]
     assert "`python -m imgclassify.publish migrate legacy`" in error["message"]
+
+
+def test_migrate_adds_the_feature_output_to_an_onnx_model_published_without_one(gcs_store, capsys):
+    from imgclassify.publish.catalog_writes import publish
+
+    graph = colour_classifier(3, weight=4 * np.eye(3))
+    preprocessing = Preprocessing(resize=37, crop_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    publish(gcs_store, Manifest(name="colours", version="1", architecture=Architecture("onnx", "tests"),
+                                artifacts={}, labels=("red", "green", "blue"), preprocessing=preprocessing),
+            {"onnx": serialized(graph)})  # as published before graphs carried features
+    old_files = snapshot(gcs_store, "models/colours/1/")
+    bucket = gcs_store.bucket_name
+    assert client_for(bucket).post("/v1/models/colours:embed", data=photo_bytes("chelsea"),
+                                   content_type="image/png").get_json()["error"]["code"] == "EMBEDDINGS_UNAVAILABLE"
+
+    assert main(["--store", f"gs://{bucket}", "migrate", "colours"]) == 0
+    assert "migrated colours@1 -> colours@2" in capsys.readouterr().out
+
+    migrated = read_manifest(gcs_store, "colours", "2")
+    assert migrated.feature_size == 3 and migrated.metadata["migrated_from"] == "1"
+    assert check_onnx(gcs_store.download(migrated.artifacts["onnx"].object)).feature_shape == ("N", 3)
+    assert snapshot(gcs_store, "models/colours/1/") == old_files
+    old, _ = registry_for(bucket).get("colours@1")
+    new, _ = registry_for(bucket).get("colours@2")
+    inputs = [new.prepare(photo_bytes(photo), max_pixels=10**8) for photo in PHOTOS]
+    assert np.array_equal(new.outputs(inputs), old.outputs(inputs))
+    embedded = client_for(bucket).post("/v1/models/colours:embed", data=photo_bytes("chelsea"),
+                                       content_type="image/png")
+    assert embedded.status_code == 200, embedded.get_data(as_text=True)
+    mean_colour = new.features(inputs[:1])[0]  # the graph's features are the mean colour
+    np.testing.assert_allclose(embedded.get_json()["results"][0]["embedding"],
+                               mean_colour / np.linalg.norm(mean_colour), atol=1e-6)
+
+    assert main(["--store", f"gs://{bucket}", "migrate"]) == 0
+    assert "migrated 0 models" in capsys.readouterr().out
 
 
 def test_migrate_of_an_unknown_model_is_an_error_and_writes_nothing(gcs_store, capsys):

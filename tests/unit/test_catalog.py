@@ -269,8 +269,8 @@ def test_manifest_summary_is_what_the_catalog_lists():
 
     assert summary == {
         "name": "resnet", "version": "1", "description": "a test model", "architecture": "torchvision/resnet18",
-        "input_size": [3, 224, 224], "num_classes": 3, "engine": "onnxruntime", "weights_bytes": 1234,
-        "random_init": True,
+        "input_size": [3, 224, 224], "num_classes": 3, "engine": "onnxruntime", "feature_size": None,
+        "weights_bytes": 1234, "random_init": True,
         "top1_accuracy": 12.5, "licence": "MIT", "source": None, "published_at": "2024-01-01T00:00:00+00:00",
     }
 
@@ -504,3 +504,21 @@ def test_read_manifest_of_a_malformed_manifest_raises_integrity_error(tmp_path, 
 
     with pytest.raises(IntegrityError, match="malformed"):
         read_manifest(store, "resnet", "1")
+
+
+@pytest.mark.parametrize("value", [0, -1, "1280", 2.5, True])
+def test_a_manifest_feature_size_that_is_not_a_positive_whole_number_is_malformed(value):
+    data = make_manifest().to_json()
+    data["feature_size"] = value
+    with pytest.raises(ValueError, match="feature_size"):
+        Manifest.from_json(data)
+
+
+def test_a_manifest_feature_size_survives_a_round_trip_and_older_manifests_have_none():
+    from dataclasses import replace
+
+    manifest = replace(make_manifest(), feature_size=1280)
+    assert Manifest.from_json(manifest.to_json()).feature_size == 1280
+    data = make_manifest().to_json()
+    del data["feature_size"]
+    assert Manifest.from_json(data).feature_size is None

@@ -106,9 +106,9 @@ def test_the_batch_docs_give_the_declared_defaults_and_the_cli_uses_them():
     rows = {row[1].strip("`"): row[2] for row in readme_table(REPO / "docs" / "batch.md", "| flag |", 4)}
     options = parse_args(["in", "out"], {})
     for setting in BATCH_SETTINGS:
-        assert rows[setting.env] == f"{setting.default:g}", setting.env
+        assert rows[setting.env] == setting.default_text, setting.env
     assert (options.top_k, options.batch_size, options.download_concurrency, options.chunk_size,
-            options.log_every_seconds) == tuple(setting.default for setting in BATCH_SETTINGS)
+            options.log_every_seconds, options.features) == tuple(setting.default for setting in BATCH_SETTINGS)
 
 
 def test_the_engines_defaults_are_the_settings_defaults():
