@@ -1,6 +1,6 @@
 /**
- * The HTTP client of the imgclassify API (README "API (v1)"): list the models, classify one
- * image. It knows the wire format and the retry rule, nothing about the page.
+ * The HTTP client of the imgclassify API (README "API (v1)"): list the models, describe one,
+ * classify one image. It knows the wire format and the retry rule, nothing about the page.
  *
  * Retry rule: 503 (and 502/504 from a gateway) mean "warming up or briefly unavailable" and a
  * network failure means "not reachable right now"; both are retried on their own, waiting what
@@ -19,7 +19,16 @@
  * @property {boolean} [random_init] true for untrained weights
  * @property {boolean} [default]
  * @property {number|null} [top1_accuracy]
+ * @property {string} [architecture] `library/builder`; `trained/linear_head` for a trained classifier
  * @property {string[]} [versions]
+ */
+
+/**
+ * @typedef {object} Evaluation a trained classifier's figures on its held-out images
+ * @property {number} images
+ * @property {number} accuracy 0..1
+ * @property {{label: string, precision: number, recall: number, images: number}[]} per_label
+ * @property {number[][]} confusion_matrix rows: true label, columns: predicted, in per_label's order
  */
 
 /**
@@ -192,6 +201,18 @@ export class ApiClient {
                                     {signal, onRetry});
     const models = Array.isArray(body?.models) ? body.models.filter((m) => m && typeof m.name === "string") : [];
     return {models, default_model: typeof body?.default_model === "string" ? body.default_model : null};
+  }
+
+  /**
+   * `GET /v1/models/{name}`: one model's manifest summary, labels, evaluation and versions.
+   *
+   * @param {string} name
+   * @param {{signal?: AbortSignal}} [options]
+   * @returns {Promise<{evaluation: Evaluation|null} & ModelSummary>}
+   */
+  async describeModel(name, {signal} = {}) {
+    const {body} = await this.#send(`/v1/models/${encodeURIComponent(name)}`, {method: "GET"}, {signal});
+    return body;
   }
 
   /**

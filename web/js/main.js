@@ -11,13 +11,14 @@ import {explainError, retrySentence} from "./messages.js";
 import {pickModel, rememberModel, rememberTopK, rememberedModel, rememberedTopK, TOP_K_CHOICES} from "./preferences.js";
 import {readConfig} from "./settings.js";
 import {CompareView} from "./views/compare.js";
-import {renderModelDetails, renderModelOptions} from "./views/models.js";
+import {isTrainedClassifier, renderEvaluation, renderModelDetails, renderModelOptions} from "./views/models.js";
 import {ResultView, describeUpload, summarizeAnswer} from "./views/result.js";
 
 const byId = (id) => document.getElementById(id);
 const elements = {
   model: /** @type {HTMLSelectElement} */ (byId("model")),
   modelDetails: byId("model-details"),
+  modelEvaluation: byId("model-evaluation"),
   modelNote: byId("model-note"),
   topK: /** @type {HTMLSelectElement} */ (byId("top-k")),
   fileInput: /** @type {HTMLInputElement} */ (byId("file-input")),
@@ -58,6 +59,8 @@ const state = {
   singleRun: null,
   /** @type {AbortController|null} */
   compareRun: null,
+  /** @type {AbortController|null} the chosen model's evaluation, being fetched */
+  evaluation: null,
 };
 let modelsLoaded = Promise.resolve();
 
@@ -108,7 +111,7 @@ async function loadModels({revalidate = false} = {}) {
     state.model = name;
     if (fellBack) rememberModel(name);
     renderModelOptions(elements.model, list.models, name);
-    renderModelDetails(elements.modelDetails, list.models.find((model) => model.name === name));
+    showModel(list.models.find((model) => model.name === name));
     if (fellBack) {
       elements.modelNote.textContent = `The model ${remembered} is no longer available; ${name} is selected instead.`;
       announce(elements.modelNote.textContent);
@@ -120,6 +123,17 @@ async function loadModels({revalidate = false} = {}) {
     elements.modelNote.textContent = "";
     replaceChildren(elements.model, h("option", {value: "", text: "Models unavailable"}));
   }
+}
+
+/** The chosen model's facts, and for a trained classifier its held-out evaluation (fetched). */
+function showModel(model) {
+  renderModelDetails(elements.modelDetails, model);
+  const run = restart("evaluation");
+  renderEvaluation(elements.modelEvaluation, null);
+  if (!isTrainedClassifier(model)) return;
+  api.describeModel(model.name, {signal: run.signal})
+    .then((detail) => { if (!run.signal.aborted) renderEvaluation(elements.modelEvaluation, detail.evaluation); })
+    .catch(() => {});  // the facts above stand without it; classify reports real failures
 }
 
 async function classifyCurrent() {
@@ -274,7 +288,7 @@ function boot() {
     state.model = elements.model.value;
     rememberModel(state.model);
     elements.modelNote.textContent = "";
-    renderModelDetails(elements.modelDetails, state.models.find((model) => model.name === state.model));
+    showModel(state.models.find((model) => model.name === state.model));
     classifyCurrent();
   });
   elements.topK.addEventListener("change", () => {

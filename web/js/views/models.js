@@ -72,3 +72,47 @@ export function renderModelDetails(container, model) {
       fact("Weights", model.weights_bytes ? byteSize(model.weights_bytes) : null),
       fact("Top-1 accuracy", typeof model.top1_accuracy === "number" ? `${model.top1_accuracy}%` : null)));
 }
+
+const percent = (value) => `${(value * 100).toFixed(1)}%`;
+
+/**
+ * Whether `model` is a classifier trained by `publish train` (its evaluation is worth showing).
+ *
+ * @param {import("../api.js").ModelSummary|undefined} model
+ * @returns {boolean}
+ */
+export function isTrainedClassifier(model) {
+  return typeof model?.architecture === "string" && model.architecture.startsWith("trained/");
+}
+
+/**
+ * Show a trained classifier's held-out evaluation in `container`: accuracy, per-label
+ * precision and recall, and the confusion matrix; empty it for `null`.
+ *
+ * @param {HTMLElement} container
+ * @param {import("../api.js").Evaluation|null|undefined} evaluation
+ */
+export function renderEvaluation(container, evaluation) {
+  if (!evaluation || !Array.isArray(evaluation.per_label)) {
+    replaceChildren(container);
+    return;
+  }
+  const labels = evaluation.per_label.map((row) => row.label);
+  const cell = (text, tag = "td", attributes = {}) => h(tag, {...attributes, text: String(text)});
+  replaceChildren(container,
+    h("h3", {class: "evaluation-heading",
+             text: `Held-out accuracy ${percent(evaluation.accuracy)} on ${evaluation.images} images`}),
+    h("table", {class: "evaluation-table"},
+      h("caption", {text: "Per label"}),
+      h("thead", {}, h("tr", {}, cell("Label", "th", {scope: "col"}), cell("Precision", "th", {scope: "col"}),
+                       cell("Recall", "th", {scope: "col"}), cell("Images", "th", {scope: "col"}))),
+      h("tbody", {}, ...evaluation.per_label.map((row) => h("tr", {},
+        cell(row.label, "th", {scope: "row"}), cell(percent(row.precision)), cell(percent(row.recall)),
+        cell(row.images))))),
+    h("table", {class: "evaluation-table confusion-matrix"},
+      h("caption", {text: "Confusion matrix (rows: true label, columns: predicted)"}),
+      h("thead", {}, h("tr", {}, cell("", "th"), ...labels.map((label) => cell(label, "th", {scope: "col"})))),
+      h("tbody", {}, ...evaluation.confusion_matrix.map((row, index) => h("tr", {},
+        cell(labels[index], "th", {scope: "row"}),
+        ...row.map((count, column) => cell(count, "td", count && column === index ? {class: "diagonal"} : {})))))));
+}
