@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.settings import Settings
 
 from .http import HttpApp, json_response
-from .request_parsing import parse_classify_request
+from .request_parsing import parse_classify_request, parse_normalize
 from .routes import Route
 from .service import ClassifyService
 
@@ -36,7 +37,11 @@ class ClassifyApp(HttpApp):
         parsed = parse_classify_request(request, path_model=params.get("name"), max_bytes=settings.max_request_bytes,
                                         max_images=settings.max_images_per_request)
         # Every image this request decodes, wherever it comes from, is charged to one budget.
-        operation = self.service.embed if route.operation == "embedWithModel" else self.service.classify
+        if route.operation == "embedWithModel":
+            normalize = parse_normalize(request.args.get("normalize"))
+            operation = functools.partial(self.service.embed, normalize=normalize)
+        else:
+            operation = self.service.classify
         with pixel_budget(settings.max_request_pixels):
             result = operation(parsed)
         context.update(model=result["model"]["name"], version=result["model"]["version"],

@@ -133,7 +133,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                           "properties": {"embedding": {
                               "type": "array", "minItems": 1, "items": {"type": "number"},
                               "description": "The image's penultimate features (the input of the model's final "
-                                             "linear layer), L2-normalised: cosine similarity is a dot product."}}},
+                                             "linear layer), L2-normalised unless normalize=false: cosine "
+                                             "similarity is then a dot product."}}},
             },
             "dimensions": {"type": "integer", "minimum": 1, "description": "The length of every embedding."},
             **_cold_start_and_timing(),
@@ -284,6 +285,10 @@ _MODEL_PARAMETER = {"name": "model", "in": "query", "required": False, "schema":
                     "description": "Model name or name@version (absent or empty: the default model)."}
 _TOP_K_PARAMETER = {"name": "top_k", "in": "query", "required": False, "schema": {"$ref": _REF + "TopK"},
                     "description": "How many labels per image."}
+_NORMALIZE_PARAMETER = {"name": "normalize", "in": "query", "required": False,
+                        "schema": {"type": "boolean", "default": True},
+                        "description": "false: the raw penultimate features, as the batch job's --features rows "
+                                       "hold them, instead of unit-length ones."}
 _NOT_MODIFIED = {"304": {"description": "Not modified: If-None-Match matched the ETag."}}
 _CACHEABLE_HEADERS = {"ETag": {"schema": {"type": "string"}}, "Cache-Control": {"schema": {"type": "string"}}}
 
@@ -324,7 +329,7 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
     },
     "embedWithModel": {
         "summary": "Embed images with the model named in the path: L2-normalised penultimate features.",
-        "parameters": [_NAME_PARAMETER],
+        "parameters": [_NAME_PARAMETER, _NORMALIZE_PARAMETER],
         "requestBody": _CLASSIFY_BODY,
         "responses": {"200": _json("Embeddings", "One embedding per image, in input order.")},
         "errors": (400, 403, 404, 405, 413, 415, 422, 500, 503),

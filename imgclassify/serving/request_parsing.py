@@ -130,3 +130,12 @@ def parse_classify_request(request: Request, *, path_model: str | None, max_byte
         top_k=top_k,
         images=tuple(images),
     )
+
+
+def parse_normalize(value: str | None) -> bool:
+    """``:embed``'s ``normalize`` query parameter: true (the default) or false."""
+    if value is None or value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise InvalidRequest(f"normalize must be true or false, found {shown_value(value)}")

@@ -44,11 +44,12 @@ class ClassifyService:
         return self._run(request, lambda model, inputs: {
             "results": [{"predictions": rows} for rows in model.classify(inputs, request.top_k)]})
 
-    def embed(self, request: ClassifyRequest) -> dict:
-        """Each image's L2-normalised penultimate features (one batch, input order); 400
-        EMBEDDINGS_UNAVAILABLE before any image is read if the model's graph has none."""
+    def embed(self, request: ClassifyRequest, *, normalize: bool = True) -> dict:
+        """Each image's penultimate features, L2-normalised unless ``normalize`` is false (one
+        batch, input order); 400 EMBEDDINGS_UNAVAILABLE before any image is read if the
+        model's graph has none."""
         def embeddings(model, inputs) -> dict:
-            rows = model.embed(inputs)
+            rows = model.embed(inputs) if normalize else model.features(inputs)
             return {"results": [{"embedding": [round(float(value), 7) for value in row]} for row in rows],
                     "dimensions": int(rows.shape[1])}
 

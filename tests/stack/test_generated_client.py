@@ -3,7 +3,7 @@
 openapi-python-client (the version pinned in pyproject.toml) generates the client from
 ``GET /v1/openapi.json`` of the running stack with ``docs/openapi-python-client.yaml`` and
 ``--fail-on-warning``; the tests then call each operation through the generated code only:
-raw bytes, multipart with two images and JSON for both classify operations, the listing, one
+raw bytes, multipart with two images and JSON for both classify operations and embed, the listing, one
 model, the document itself, the CORS preflights, and a typed 404."""
 
 from __future__ import annotations
@@ -103,6 +103,17 @@ def test_the_generated_client_classifies_with_the_model_in_the_query(generated, 
         [True] * len(wanted)
 
 
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_the_generated_client_embeds_with_the_model_in_the_path(generated, client, kind):
+    answer = operation(generated, "embed_with_model").sync_detailed(
+        "efficientnet_lite0", client=client, body=bodies(generated)[kind])
+
+    assert answer.status_code == 200, answer.content
+    assert answer.parsed.dimensions == 1280
+    assert len(answer.parsed.results) == len(EXPECTED[kind][0])
+    assert {len(result.embedding) for result in answer.parsed.results} == {1280}
+
+
 def test_the_generated_client_lists_the_models_and_reads_one(generated, client):
     listing = operation(generated, "list_models").sync(client=client)
     detail = operation(generated, "get_model").sync("efficientnet_lite1", client=client)
@@ -121,6 +132,7 @@ def test_the_generated_client_reads_the_contract_and_answers_preflights(generate
     answers = {name: operation(generated, f"{name}_preflight").sync_detailed(client=preflight_client, **args)
                for name, args in (("list_models", {}), ("get_model", {"name": "efficientnet_lite0"}),
                                   ("classify", {}), ("classify_with_model", {"name": "efficientnet_lite0"}),
+                                  ("embed_with_model", {"name": "efficientnet_lite0"}),
                                   ("get_open_api", {}))}
 
     assert document.status_code == 200

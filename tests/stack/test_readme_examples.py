@@ -102,13 +102,14 @@ def test_every_api_example_answers_200_and_the_sample_answer_is_the_multipart_on
     examples = blocks("API (v1)", "sh")[0]
     shown = json.loads(blocks("API (v1)", "json")[0])
 
-    listing, one_model, raw, multipart, base64_json = run_block(examples, dev_stack)
+    listing, one_model, raw, multipart, embedded, base64_json = run_block(examples, dev_stack)
 
     assert listing["default_model"] == "efficientnet_lite0"
     assert one_model["name"] == "efficientnet_lite1"
     assert raw["results"][0]["predictions"][0]["label"] == "Egyptian cat"
     assert_same_predictions(multipart, shown)
     assert base64_json["results"][0]["predictions"][0]["label"] == "espresso"
+    assert embedded["dimensions"] == 1280 and len(embedded["results"]) == 2
 
 
 def test_the_base64_example_takes_a_photo_too_big_for_a_command_line(dev_stack, tmp_path):
@@ -172,3 +173,17 @@ def test_a_removed_version_is_refused_or_replaced_at_once_not_after_the_catalog_
     assert (latest.status_code, latest.json().get("model", latest.json())) == (200, {
         "name": "short_lived", "version": "1", "random_init": False})
     assert (gone.status_code, gone.json()["error"]["code"]) == (404, "UNKNOWN_MODEL")
+
+
+def test_the_train_your_own_classifier_example_trains_publishes_and_serves(dev_stack, tmp_path):
+    [example] = blocks("Train your own classifier", "sh")
+    script = f"export PYTHONPATH={REPO}\n" + example.replace(".venv/bin/python", sys.executable)
+    try:
+        classified, described = run_block(script, dev_stack, cwd=tmp_path)
+    finally:
+        if GcsStore("imgclassify-models").list("models/digits/"):
+            remove(GcsStore("imgclassify-models"), "digits", "1")
+
+    assert classified["model"]["name"] == "digits"
+    assert classified["results"][0]["predictions"][0]["label"] == "7"
+    assert described["evaluation"]["accuracy"] >= 0.93 and described["evaluation"]["images"] == 539

@@ -84,6 +84,21 @@ def test_embed_gives_unit_length_penultimate_features_equal_to_the_backbones(sta
     np.testing.assert_allclose(vector, features / np.linalg.norm(features), atol=1e-5)
 
 
+def test_embed_with_normalize_false_gives_the_raw_features_and_a_bad_value_is_a_400(stack, models_bucket):
+    raw = embed(stack, "efficientnet_lite0", params={"normalize": "false"}, data=cat_jpeg(),
+                headers={"Content-Type": "image/jpeg"})
+    unit = embed(stack, "efficientnet_lite0", data=cat_jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert raw.status_code == 200 and unit.status_code == 200
+    vector, unit_vector = (np.asarray(r.json()["results"][0]["embedding"]) for r in (raw, unit))
+    assert np.linalg.norm(vector) > 2  # EfficientNet's pooled features are far from unit length
+    np.testing.assert_allclose(vector / np.linalg.norm(vector), unit_vector, atol=1e-5)
+
+    bad = embed(stack, "efficientnet_lite0", params={"normalize": "maybe"}, data=cat_jpeg(),
+                headers={"Content-Type": "image/jpeg"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "INVALID_REQUEST"
+    assert "normalize must be true or false" in bad.json()["error"]["message"]
+
+
 def test_embed_takes_every_classify_body_and_answers_in_input_order(stack):
     cat, coffee = cat_jpeg(), coffee_jpeg()
     multipart = embed(stack, "efficientnet_lite1", files=[("image", ("a.jpg", cat, "image/jpeg")),
