@@ -43,3 +43,10 @@ class ExportMismatch(PublishError):
     """The exported ONNX graph does not give the torch model's answers on real photos."""
 
     code = "EXPORT_MISMATCH"
+
+
+class InvalidTrainingSet(PublishError):
+    """A labelled set that cannot train a classifier (``publish train``); nothing is published."""
+
+    status = 400
+    code = "INVALID_TRAINING_SET"

@@ -53,7 +53,7 @@ from imgclassify.store.catalog import Architecture, Manifest, check_name, parse_
 from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore, open_store, read_limited, split_gs_uri
 
 from .catalog_writes import next_version, publish, refuse_existing
-from .errors import ExportMismatch, PublishError
+from .errors import ExportMismatch, InvalidTrainingSet
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,6 @@ JOB_OBJECT = "job.json"  # what the batch job writes first into its output (imgc
 HEAD_TOLERANCE = 1e-4
 _SCALE_FLOOR = 0.1  # of the median feature's standard deviation
 _SHOWN = 5  # offending images or labels named in one message
-
-
-class InvalidTrainingSet(PublishError):
-    """A labelled set that cannot train a classifier; nothing is published."""
-
-    status = 400
-    code = "INVALID_TRAINING_SET"
 
 
 @dataclass(frozen=True)
