@@ -47,8 +47,8 @@ def test_smoke_check_passes_whole_against_the_local_stack_with_keys_on(keyed_sta
     result = smoke(keyed_stack.url, "--origin", ALLOWED_ORIGIN, "--key", keyed_stack.api_key)
     assert result.returncode == 0, result.stdout + result.stderr
     passed = {line.split(":")[0] for line in lines_starting(result.stdout, "PASS")}
-    assert passed == {"PASS list models", "PASS classify a cat", "PASS key required", "PASS CORS preflight",
-                      "PASS unknown model"}
+    assert passed == {"PASS list models", "PASS classify a cat", "PASS embed a cat", "PASS key required",
+                      "PASS CORS preflight", "PASS unknown model"}
     assert "PASS key required: without a key: 401" in result.stdout
     assert lines_starting(result.stdout, "SKIP") == []
 
