@@ -20,7 +20,7 @@ class PreprocessingSpec(Protocol):
     std: Sequence[float]
 
 
-_RESAMPLE = {
+RESAMPLE = {
     "nearest": Image.NEAREST,
     "bilinear": Image.BILINEAR,
     "bicubic": Image.BICUBIC,
@@ -57,7 +57,7 @@ def preprocess(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
         size = (spec.resize, max(spec.crop_size, int(spec.resize * height / width)))
     else:
         size = (max(spec.crop_size, int(spec.resize * width / height)), spec.resize)
-    image = image.resize(size, _RESAMPLE[spec.interpolation])
+    image = image.resize(size, RESAMPLE[spec.interpolation])
     left = int(round((size[0] - spec.crop_size) / 2.0))
     top = int(round((size[1] - spec.crop_size) / 2.0))
     pixels = np.asarray(image.crop((left, top, left + spec.crop_size, top + spec.crop_size)))

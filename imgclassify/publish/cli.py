@@ -17,6 +17,7 @@ from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore, open_st
 
 from .catalog_writes import describe_files, remove
 from .errors import PublishError
+from .quantize import DEFAULT_MIN_TOP1_AGREEMENT
 from .sources import BUNDLED, migrate, publish_bundled, publish_framework_model, publish_onnx_file
 from .training import DEFAULT_BACKBONE, TrainOptions, format_evaluation, train_classifier
 
@@ -87,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and the augmentation")
     train.add_argument("--description")
     train.add_argument("--default", action="store_true", help="make it the default model")
+    quantize = commands.add_parser(
+        "quantize", help="publish an int8 twin of a published fp32 ONNX model (statically quantized, measured)")
+    quantize.add_argument("ref", metavar="NAME[@VERSION]", help="the fp32 model to quantize (default: its latest)")
+    quantize.add_argument("--name", help="model name to publish as (default: NAME_int8)")
+    quantize.add_argument("--version", help="version label (default: next number)")
+    quantize.add_argument("--min-top1-agreement", type=float, default=DEFAULT_MIN_TOP1_AGREEMENT, metavar="FRACTION",
+                          help="refuse, writing nothing, if the twin's top-1 agrees with the source's on fewer of "
+                               f"the held-out crops (default {DEFAULT_MIN_TOP1_AGREEMENT})")
+    quantize.add_argument("--reduce-range", action="store_true",
+                          help="7-bit weights, for CPUs without VNNI whose int8 sums saturate")
+    quantize.add_argument("--default", action="store_true", help="make it the default model")
     migrate_command = commands.add_parser(
         "migrate", help="republish models that have no model.onnx, or whose graph has no feature output, as new "
                         "versions")
@@ -161,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"features)")
             print(f"published {result.manifest.name}@{result.manifest.version} "
                   f"({describe_files(result.manifest)}) to {where}")
+        elif args.command == "quantize":
+            from dataclasses import replace
+
+            from .quantize import RECIPE, publish_int8_twin
+
+            manifest = publish_int8_twin(store, args.ref, name=args.name, version=args.version,
+                                         min_top1_agreement=args.min_top1_agreement,
+                                         recipe=replace(RECIPE, reduce_range=args.reduce_range),
+                                         make_default=args.default, log=lambda line: print(line, file=sys.stderr))
+            print(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)}) to {where}")
         elif args.command == "migrate":
             migrated = migrate(store, args.names or None)
             print(f"migrated {len(migrated)} models in {where}; the rest already had model.onnx with features")

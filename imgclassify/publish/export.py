@@ -46,12 +46,13 @@ def check_batch(preprocessing: Preprocessing, photos: Sequence[str] = CHECK_PHOT
     return np.stack(arrays)
 
 
-def session(data: bytes):
-    """An ONNX Runtime session for checks at publish time."""
+def session(data: bytes, threads: int = 0):
+    """An ONNX Runtime CPU session of ``data`` for publish-time checks (``threads`` 0: the runtime's choice)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 

@@ -19,6 +19,7 @@ from imgclassify.store.catalog import ArtifactRef, Manifest, version_dir
 from imgclassify.store.objects import ObjectStore
 
 from .engines import MIGRATE_COMMAND, Engine, EngineOptions, Network, engine_for
+from .golden import check_golden
 from .scores import l2_normalised, scores, top_k
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class LoadedModel:
     nbytes: int                       # memory the weights take once built
     load_ms: dict[str, float] = field(default_factory=dict)
     _data: bytes | None = field(default=None, repr=False)
+    _golden: bytes | None = field(default=None, repr=False)   # golden.png of an int8 twin, until checked
     _network: Network | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -67,9 +69,13 @@ class LoadedModel:
                     raise IntegrityError(
                         f"{self.manifest.name}@{self.manifest.version} gives {list(rows.shape[1:])} scores per "
                         f"image but its manifest has {self.manifest.num_classes} labels")
+                if self._golden is not None:
+                    # int8 kernels differ between CPUs: prove this host gives the publisher's answers
+                    check_golden(f"{self.manifest.name}@{self.manifest.version}", self.manifest.metadata["golden"],
+                                 self._golden, self.manifest.preprocessing, self.manifest.output, network.run)
                 self.load_ms["build"] = round((built - started) * 1000, 1)
                 self.load_ms["warmup"] = round((time.perf_counter() - built) * 1000, 1)
-                self._network, self._data = network, None
+                self._network, self._data, self._golden = network, None, None
                 release_free_memory()  # the bytes and the runtime's build buffers are gone: return their pages
             return self._network
 
@@ -144,21 +150,33 @@ def load_model(store: ObjectStore, manifest: Manifest, options: EngineOptions) -
         started = now
 
     engine = engine_for(manifest, options)
-    artifact = manifest.artifacts[engine.artifact]
+    # A model that declares golden answers (an int8 twin) is checked against them when it is built.
+    kinds = [engine.artifact] + (["golden"] if "golden" in manifest.artifacts or "golden" in manifest.metadata else [])
+    if "golden" in kinds and not ("golden" in manifest.metadata and "golden" in manifest.artifacts):
+        raise IntegrityError(f"{manifest.name}@{manifest.version} has golden answers without golden.png "
+                             "or the other way round")
+    downloads = {kind: _download(store, manifest, kind) for kind in kinds}
+    lap("download")
+    for kind, data in downloads.items():
+        try:
+            verify_artifact(manifest, manifest.artifacts[kind], data)
+        except IntegrityError as error:
+            log.error("refusing to serve tampered or corrupt model files: %s", error.message)
+            raise
+    lap("verify")
+    nbytes = engine.check(manifest, downloads[engine.artifact])
+    lap("check")
+    return LoadedModel(manifest, engine, nbytes, timings, _data=downloads[engine.artifact],
+                       _golden=downloads.get("golden"))
+
+
+def _download(store: ObjectStore, manifest: Manifest, kind: str) -> bytes:
+    """Artifact ``kind`` of ``manifest`` (not yet verified); IntegrityError if missing or outside its version."""
+    artifact = manifest.artifacts[kind]
     if not artifact.object.startswith(version_dir(manifest.name, manifest.version) + "/"):
         raise IntegrityError(f"manifest of {manifest.name}@{manifest.version} points outside its version: "
                              f"{artifact.object}")
     try:
-        data = store.download(artifact.object)
+        return store.download(artifact.object)
     except ObjectNotFound:
         raise IntegrityError(f"{artifact.object} of {manifest.name}@{manifest.version} is missing") from None
-    lap("download")
-    try:
-        verify_artifact(manifest, artifact, data)
-    except IntegrityError as error:
-        log.error("refusing to serve tampered or corrupt model files: %s", error.message)
-        raise
-    lap("verify")
-    nbytes = engine.check(manifest, data)
-    lap("check")
-    return LoadedModel(manifest, engine, nbytes, timings, _data=data)

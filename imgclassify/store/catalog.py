@@ -6,6 +6,7 @@
     models/NAME/VERSION/manifest.json          immutable once written
     models/NAME/VERSION/model.onnx             immutable once written (what ONNX Runtime serves)
     models/NAME/VERSION/weights.safetensors    immutable once written (the torch weights, if any)
+    models/NAME/VERSION/golden.png             immutable once written (an int8 twin's check photos)
 
 A manifest says everything needed to serve a model with no other code or download: each
 artifact with its size and sha256, and which engine serves it. The catalog holds a summary
@@ -38,7 +39,8 @@ SCHEMA_VERSION = 2
 CATALOG_OBJECT = "models/catalog.json"
 MANIFEST_FILENAME = "manifest.json"
 # artifact kind -> its file name in the version's folder
-ARTIFACT_FILENAMES = {"onnx": "model.onnx", "safetensors": "weights.safetensors"}
+# (golden.png: an int8 twin's check photos, see imgclassify.runtime.golden)
+ARTIFACT_FILENAMES = {"onnx": "model.onnx", "safetensors": "weights.safetensors", "golden": "golden.png"}
 # what the model's output row holds; softmax is applied to logits only
 OUTPUTS = ("logits", "probabilities")
 LATEST = "latest"
@@ -258,6 +260,9 @@ class Manifest:
             "licence": self.metadata.get("licence"),
             "source": self.metadata.get("source"),
             "published_at": self.published_at,
+            "precision": self.metadata.get("precision", "fp32"),
+            "agreement": self.metadata.get("agreement"),
+            "quantized_from": self.metadata.get("quantized_from"),
         }
 
 

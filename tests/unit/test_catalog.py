@@ -272,6 +272,7 @@ def test_manifest_summary_is_what_the_catalog_lists():
         "input_size": [3, 224, 224], "num_classes": 3, "engine": "onnxruntime", "feature_size": None,
         "weights_bytes": 1234, "random_init": True,
         "top1_accuracy": 12.5, "licence": "MIT", "source": None, "published_at": "2024-01-01T00:00:00+00:00",
+        "precision": "fp32", "agreement": None, "quantized_from": None,
     }
 
 

@@ -215,3 +215,29 @@ def test_the_gateways_own_refusals_read_as_key_refused_or_quota_spent(blank_page
         return codes;
     """.replace("BODIES", json.dumps([[refusal.status, refusal.body().decode()] for refusal in bodies])))
     assert codes == ["API_KEY_REFUSED", "API_KEY_REFUSED", "API_KEY_REFUSED", "QUOTA_EXCEEDED", "HTTP_400"]
+
+
+def test_an_int8_twin_shows_its_precision_and_measured_agreement_and_an_fp32_model_its_precision(blank_page):
+    result = run_module_code(blank_page, """
+        const {agreementText, modelOptionLabel, renderModelDetails} = await load("views/models.js");
+        const twin = {name: "lite_int8", version: "1", input_size: [3, 224, 224], precision: "int8",
+                      quantized_from: {name: "lite", version: "2"},
+                      agreement: {held_out_crops: 320, top1_agreement: 0.9781, top5_overlap: 0.9125,
+                                  max_probability_difference: 0.31}};
+        const fp32 = {name: "lite", version: "2", input_size: [3, 224, 224]};
+        const facts = (model) => {
+          const container = document.createElement("div");
+          renderModelDetails(container, model);
+          return Object.fromEntries([...container.querySelectorAll(".fact")]
+            .map((fact) => [fact.querySelector("dt").textContent, fact.querySelector("dd").textContent]));
+        };
+        return {twinLabel: modelOptionLabel(twin), fp32Label: modelOptionLabel(fp32), twin: facts(twin),
+                fp32: facts(fp32), none: agreementText(fp32)};
+    """)
+    assert result["twinLabel"] == "lite_int8 (v1, int8)"
+    assert result["fp32Label"] == "lite (v2)"
+    assert result["twin"]["Precision"] == "int8"
+    assert result["twin"]["Agreement"] == ("top-1 same as lite@2 on 97.8% of 320 held-out crops, "
+                                           "top-5 overlap 91.3%")
+    assert result["fp32"]["Precision"] == "fp32"
+    assert "Agreement" not in result["fp32"] and result["none"] is None

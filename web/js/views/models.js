@@ -1,7 +1,7 @@
 /** The model picker: its options and the facts about the chosen model. */
 
 import {h, replaceChildren} from "../dom.js";
-import {byteSize} from "../format.js";
+import {byteSize, percent} from "../format.js";
 
 /**
  * What an option of the model list says: name, version, and the default / untrained notes.
@@ -13,6 +13,7 @@ export function modelOptionLabel(model) {
   const notes = [`v${model.version}`];
   if (model.default) notes.push("default");
   if (model.random_init) notes.push("untrained");
+  if (model.precision === "int8") notes.push("int8");
   return `${model.name} (${notes.join(", ")})`;
 }
 
@@ -44,8 +45,23 @@ function fact(name, value) {
 }
 
 /**
- * Describe `model` in `container`: description, input size, classes, weights, accuracy, and
- * the untrained badge when its manifest says so.
+ * What an int8 twin's measured agreement with its source says, in one line.
+ *
+ * @param {import("../api.js").ModelSummary} model
+ * @returns {string|null}
+ */
+export function agreementText(model) {
+  const agreement = model.agreement;
+  if (!agreement || typeof agreement.top1_agreement !== "number") return null;
+  const source = model.quantized_from ? ` ${model.quantized_from.name}@${model.quantized_from.version}` : "";
+  return `top-1 same as${source} on ${percent(agreement.top1_agreement)} of ${agreement.held_out_crops} ` +
+    `held-out crops, top-5 overlap ${percent(agreement.top5_overlap)}`;
+}
+
+/**
+ * Describe `model` in `container`: description, input size, classes, weights, precision,
+ * accuracy (an int8 twin's agreement with its source), and the untrained badge when its
+ * manifest says so.
  *
  * @param {HTMLElement} container
  * @param {import("../api.js").ModelSummary|undefined} model
@@ -70,6 +86,8 @@ export function renderModelDetails(container, model) {
       fact("Classes", model.num_classes ? String(model.num_classes) : null),
       fact("Version", model.version),
       fact("Weights", model.weights_bytes ? byteSize(model.weights_bytes) : null),
+      fact("Precision", model.precision || "fp32"),
+      fact("Agreement", agreementText(model)),
       fact("Top-1 accuracy", typeof model.top1_accuracy === "number" ? `${model.top1_accuracy}%` : null)));
 }
 
