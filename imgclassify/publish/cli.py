@@ -96,8 +96,6 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--min-top1-agreement", type=float, default=DEFAULT_MIN_TOP1_AGREEMENT, metavar="FRACTION",
                           help="refuse, writing nothing, if the twin's top-1 agrees with the source's on fewer of "
                                f"the held-out crops (default {DEFAULT_MIN_TOP1_AGREEMENT})")
-    quantize.add_argument("--reduce-range", action="store_true",
-                          help="7-bit weights, for CPUs without VNNI whose int8 sums saturate")
     quantize.add_argument("--default", action="store_true", help="make it the default model")
     migrate_command = commands.add_parser(
         "migrate", help="republish models that have no model.onnx, or whose graph has no feature output, as new "
@@ -174,14 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"published {result.manifest.name}@{result.manifest.version} "
                   f"({describe_files(result.manifest)}) to {where}")
         elif args.command == "quantize":
-            from dataclasses import replace
-
-            from .quantize import RECIPE, publish_int8_twin
+            from .quantize import publish_int8_twin
 
             manifest = publish_int8_twin(store, args.ref, name=args.name, version=args.version,
-                                         min_top1_agreement=args.min_top1_agreement,
-                                         recipe=replace(RECIPE, reduce_range=args.reduce_range),
-                                         make_default=args.default, log=lambda line: print(line, file=sys.stderr))
+                                         min_top1_agreement=args.min_top1_agreement, make_default=args.default,
+                                         log=lambda line: print(line, file=sys.stderr))
             print(f"published {manifest.name}@{manifest.version} ({describe_files(manifest)}) to {where}")
         elif args.command == "migrate":
             migrated = migrate(store, args.names or None)

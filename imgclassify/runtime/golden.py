@@ -72,6 +72,6 @@ def check_golden(label: str, golden: dict, png: bytes, preprocessing: Preprocess
             raise IntegrityError(
                 f"{label} does not give its golden answers on this host (photo {entry['photo']}: a top-5 "
                 f"probability differs by {difference:.4f}, tolerance {tolerance:g}; top-1 {int(row.argmax())}, "
-                f"expected {top1}); int8 kernels of this CPU differ from the publisher's: republish the twin "
-                "with --reduce-range or serve the fp32 model")
+                f"expected {top1}); this CPU's int8 kernels differ from the publisher's (one without VNNI "
+                "saturates): serve the fp32 model here, or publish the twin from a host like this one")
     return largest
