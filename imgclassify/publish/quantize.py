@@ -4,9 +4,9 @@ The recipe (:data:`RECIPE`): ONNX Runtime's ``quantize_static`` in the QDQ forma
 ``QuantizeLinear``/``DequantizeLinear`` nodes only, so the twin obeys the serving rules of
 :mod:`imgclassify.runtime.onnx_rules`; the QOperator format emits ``com.microsoft`` nodes),
 int8 per-channel weights, uint8 activations, calibrated on augmented crops of
-:data:`CALIBRATION_PHOTOS` with 99.99th-percentile ranges (the linear bottleneck outputs have rare
-values 10 times their usual size, which MinMax spends most of the 256 steps on); the
-classifier (pooling and the linear layer) stays in float. docs/int8.md has the measurements.
+:data:`CALIBRATION_PHOTOS` with 99.99th-percentile ranges (rare large values of the linear
+bottleneck outputs set their MinMax ranges to +-46..60, 0.35-0.45 per step); the classifier
+(pooling and the linear layer) stays in float. docs/int8.md has the measurements.
 
 Agreement with the source is measured on crops of :data:`HELD_OUT_PHOTOS`, photos calibration
 never sees: top-1 agreement, mean top-5 overlap and the largest probability difference. A twin

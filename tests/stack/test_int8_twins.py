@@ -15,6 +15,7 @@ from devstack.stack import LocalStack
 from imgclassify.publish.catalog_writes import publish
 from imgclassify.publish.cli import main as publish_cli
 from imgclassify.publish.quantize import (
+    CALIBRATION_PHOTOS,
     HELD_OUT_PHOTOS,
     MIN_HELD_OUT_CROPS,
     RECIPE,
@@ -77,6 +78,7 @@ def test_a_twin_names_its_source_precision_agreement_and_golden_answers_and_obey
     assert [entry["photo"] for entry in twin.metadata["golden"]["photos"]] == ["chelsea.png", "coffee.png",
                                                                                "rocket.jpg"]
     assert {name for _, name in HELD_OUT_PHOTOS} >= {"chelsea.png", "coffee.png", "rocket.jpg"}
+    assert not set(HELD_OUT_PHOTOS) & set(CALIBRATION_PHOTOS)
     assert twin.preprocessing == source.preprocessing and twin.labels == source.labels
     assert set(twin.artifacts) == {"onnx", "golden"}
     data = store.download(twin.artifacts["onnx"].object)
