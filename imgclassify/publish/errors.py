@@ -50,3 +50,9 @@ class InvalidTrainingSet(PublishError):
 
     status = 400
     code = "INVALID_TRAINING_SET"
+
+
+class AgreementTooLow(PublishError):
+    """An int8 twin whose top-1 agrees with its source's on too few held-out photos."""
+
+    code = "AGREEMENT_TOO_LOW"

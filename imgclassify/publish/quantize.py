@@ -46,7 +46,7 @@ from imgclassify.store.catalog import (
 from imgclassify.store.objects import ObjectStore
 
 from .catalog_writes import next_version, publish, refuse_existing
-from .errors import PublishError
+from .errors import AgreementTooLow, PublishError
 from .export import session
 
 # (package, file): real photos that ship inside the scikit-image and scikit-learn wheels.
@@ -65,12 +65,6 @@ HELD_OUT_CROPS = 320
 MIN_HELD_OUT_CROPS = 300
 DEFAULT_MIN_TOP1_AGREEMENT = 0.97
 _PACKAGES = {"skimage": "skimage.data", "sklearn": "sklearn.datasets.images"}
-
-
-class AgreementTooLow(PublishError):
-    """The int8 twin does not agree with its source often enough on held-out photos."""
-
-    code = "AGREEMENT_TOO_LOW"
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import requests
 from devstack.stack import LocalStack
 from imgclassify.publish.catalog_writes import publish
 from imgclassify.publish.cli import main as publish_cli
+from imgclassify.publish.errors import AgreementTooLow
 from imgclassify.publish.quantize import (
     CALIBRATION_PHOTOS,
     HELD_OUT_PHOTOS,
     MIN_HELD_OUT_CROPS,
     RECIPE,
-    AgreementTooLow,
     publish_int8_twin,
 )
 from imgclassify.runtime.onnx_rules import check_onnx

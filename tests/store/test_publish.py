@@ -558,7 +558,7 @@ def test_the_publishers_errors_have_one_code_each_none_an_api_code_and_stand_out
 
     assert {cls.__name__ for cls in classes} == {
         "PublishError", "VersionExists", "InvalidWeights", "InvalidModelFile", "ExportMismatch",
-        "InvalidTrainingSet"}
+        "InvalidTrainingSet", "AgreementTooLow"}
     assert all(cls.__module__ == publish_errors.__name__ for cls in classes)
     assert len(codes) == len(set(codes))
     assert not set(codes) & {cls.code for cls in api_errors.all_error_classes()}
