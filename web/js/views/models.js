@@ -1,7 +1,7 @@
 /** The model picker: its options and the facts about the chosen model. */
 
 import {h, replaceChildren} from "../dom.js";
-import {byteSize, percent} from "../format.js";
+import {byteSize} from "../format.js";
 
 /**
  * What an option of the model list says: name, version, and the default / untrained notes.
