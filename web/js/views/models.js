@@ -1,7 +1,7 @@
 /** The model picker: its options and the facts about the chosen model. */
 
 import {h, replaceChildren} from "../dom.js";
-import {byteSize} from "../format.js";
+import {byteSize, percent} from "../format.js";
 
 /**
  * What an option of the model list says: name, version, and the default / untrained notes.
@@ -90,8 +90,6 @@ export function renderModelDetails(container, model) {
       fact("Agreement", agreementText(model)),
       fact("Top-1 accuracy", typeof model.top1_accuracy === "number" ? `${model.top1_accuracy}%` : null)));
 }
-
-const percent = (value) => `${(value * 100).toFixed(1)}%`;
 
 /**
  * Whether `model` is a classifier trained by `publish train` (its evaluation is worth showing).
