@@ -49,6 +49,12 @@ def _answering_model() -> dict[str, Any]:
                            "random_init": {"type": "boolean"}}}
 
 
+def _per_image(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The ``results`` of a classify or embed answer: one object per input image holding ``field``."""
+    return {"type": "array", "minItems": 1, "description": "One result per input image, in input order.",
+            "items": {"type": "object", "required": [field], "properties": {field: schema}}}
+
+
 def _cold_start_and_timing() -> dict[str, Any]:
     return {
         "cold_start": {"type": "boolean", "description": "Whether this request waited for the model to load."},
@@ -112,14 +118,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object", "required": ["model", "results", "cold_start", "timing_ms"],
         "properties": {
             "model": _answering_model(),
-            "results": {
-                "type": "array", "minItems": 1, "description": "One result per input image, in input order.",
-                "items": {"type": "object", "required": ["predictions"],
-                          "properties": {"predictions": {
-                              "type": "array", "minItems": 1, "maxItems": MAX_TOP_K,
-                              "items": {"$ref": _REF + "Prediction"},
-                              "description": "Most likely first; scores are softmax probabilities."}}},
-            },
+            "results": _per_image("predictions", {
+                "type": "array", "minItems": 1, "maxItems": MAX_TOP_K, "items": {"$ref": _REF + "Prediction"},
+                "description": "Most likely first; scores are softmax probabilities."}),
             **_cold_start_and_timing(),
         },
     },
@@ -127,15 +128,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object", "required": ["model", "results", "dimensions", "cold_start", "timing_ms"],
         "properties": {
             "model": _answering_model(),
-            "results": {
-                "type": "array", "minItems": 1, "description": "One result per input image, in input order.",
-                "items": {"type": "object", "required": ["embedding"],
-                          "properties": {"embedding": {
-                              "type": "array", "minItems": 1, "items": {"type": "number"},
-                              "description": "The image's penultimate features (the input of the model's final "
-                                             "linear layer), L2-normalised unless normalize=false: cosine "
-                                             "similarity is then a dot product."}}},
-            },
+            "results": _per_image("embedding", {
+                "type": "array", "minItems": 1, "items": {"type": "number"},
+                "description": "The image's penultimate features (the input of the model's final linear layer), "
+                               "L2-normalised unless normalize=false: cosine similarity is then a dot product."}),
             "dimensions": {"type": "integer", "minimum": 1, "description": "The length of every embedding."},
             **_cold_start_and_timing(),
         },
