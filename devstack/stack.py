@@ -113,12 +113,16 @@ class LocalStack:
 
         return Settings.from_env({**os.environ, **self.env()}).max_request_bytes + 2**20
 
-    def start(self, log=print) -> LocalStack:
-        self.start_storage(log=log)
+    def serve(self) -> LocalStack:
+        """Start every function and the router in front of them (storage is already up)."""
         for function in FUNCTIONS:
             self.start_function(function)
         self.start_router()
         return self
+
+    def start(self, log=print) -> LocalStack:
+        self.start_storage(log=log)
+        return self.serve()
 
     def stop(self) -> None:
         if self._server is not None:

@@ -14,7 +14,6 @@ import pytest
 from devstack.emulator import StorageEmulator
 from devstack.stack import LocalStack
 from imgclassify.publish.sources import publish_bundled
-from imgclassify.serving.routes import FUNCTIONS
 from imgclassify.store.objects import GcsStore
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -70,11 +69,7 @@ def stack(emulator, models_bucket, tmp_path_factory):
                        extra_env={"ALLOWED_GCS_BUCKETS": "photos-allowed", "CORS_ALLOWED_ORIGINS":
                                   "http://allowed.example", "URL_FETCH_ENABLED": "false"})
     try:
-        local.start_storage(log=lambda _: None)
-        for function in FUNCTIONS:
-            local.start_function(function)
-        local.start_router()
-        yield local
+        yield local.start(log=lambda _: None)
     finally:
         local.stop()
 

@@ -23,7 +23,6 @@ from imgclassify.publish.quantize import (
     publish_int8_twin,
 )
 from imgclassify.runtime.onnx_rules import check_onnx
-from imgclassify.serving.routes import FUNCTIONS
 from imgclassify.store.catalog import read_catalog, read_manifest
 from imgclassify.store.objects import GcsStore
 from tests.support.photos import CAT_INDICES, ESPRESSO_INDEX, cat_jpeg, coffee_jpeg
@@ -55,10 +54,7 @@ def twin_stack(emulator, tmp_path_factory):
                            metadata={**twin.metadata, "golden": golden})
         files = {kind: store.download(ref.object) for kind, ref in twin.artifacts.items()}  # byte for byte
         publish(store, tampered, files)
-        for function in FUNCTIONS:
-            stack.start_function(function)
-        stack.start_router()
-        yield stack
+        yield stack.serve()
     finally:
         stack.stop()
 
