@@ -355,7 +355,8 @@ def publish_twins(store, models: list[str], work: Path) -> dict[str, dict]:
     from imgclassify.publish.quantize import DEFAULT_MIN_TOP1_AGREEMENT, publish_int8_twin
 
     twins = {}
-    with open(work / "quantize.log", "a") as log, contextlib.redirect_stderr(log):  # the quantizer's notices
+    with (open(work / "quantize.log", "a") as log, contextlib.redirect_stdout(log),
+          contextlib.redirect_stderr(log)):  # the quantizer prints its progress and notices
         for name in models:
             manifest = publish_int8_twin(store, name, min_top1_agreement=0.0, log=lambda line: print(line, file=log))
             agreement = manifest.metadata["agreement"]
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     result["ratios"] = ratios(result)
     result["cost_per_million"] = cost(result)
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                         "platform": platform.platform(), "processor": cpu_model(),
                          "repeats": args.repeats}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
@@ -496,6 +497,19 @@ TARGETS = {
     "warm_p50_vs_torch_engine": "<= 0.4", "throughput_8_vs_torch_engine": ">= 3",
     "cold_start_vs_torch_engine": "<= 0.4", "rss_3_models_over_baseline_vs_onnx_bytes": "<= 1.5",
 }
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the instruction sets int8 and fp32 speed depend on (Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in info.splitlines()[:30])}
+    flags = set(fields.get("flags", "").split())
+    name, family = fields.get("model name", platform.machine()), fields.get("cpu family", "?")
+    found = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if flag in flags]
+    return f"{name} (family {family}; {', '.join(found) or 'no AVX2'})"
 
 
 def ratios(result: dict) -> dict:
