@@ -58,7 +58,11 @@ PEERS = REPO / "bench" / "peers"
 PRICE = {"vcpu_second": 0.000024, "gib_second": 0.0000025, "million_requests": 0.40, "date": "2026-12-01"}
 CLASSIFY_MEMORY_GIB, CLASSIFY_VCPUS = 4.0, 2   # infra/terraform's defaults for the classify function
 # The intra-op thread policies the A/B serves side by side (each a classify instance of its own).
-THREAD_POLICIES = {"engine_threads_1": {"ENGINE_THREADS": "1"}, "engine_threads_per_cpu": {"ENGINE_THREADS": "0"}}
+THREAD_POLICIES = {
+    "one_thread": {"ENGINE_THREADS": "1"},
+    "per_cpu": {"ENGINE_THREADS": "0", "ENGINE_SPIN": "false"},
+    "per_cpu_spinning": {"ENGINE_THREADS": "0", "ENGINE_SPIN": "true"},
+}
 
 
 def median(values) -> float:

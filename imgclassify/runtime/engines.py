@@ -49,11 +49,12 @@ class EngineOptions:
     # side, one per core, with no pool threads to wake or oversubscribe. More images per second
     # under load, a few ms more for a lone request (figures in docs/performance.md).
     threads: int = Settings.engine_threads  # 0: one per CPU this process may use
+    spin: bool = Settings.engine_spin  # pool threads spin between operators (ENGINE_SPIN)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
-        """The options the ``ENGINE`` and ``ENGINE_THREADS`` settings ask for."""
-        return cls(settings.engine, settings.engine_threads)
+        """The options the ``ENGINE``, ``ENGINE_THREADS`` and ``ENGINE_SPIN`` settings ask for."""
+        return cls(settings.engine, settings.engine_threads, settings.engine_spin)
 
     def intra_op_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
@@ -139,10 +140,10 @@ class OnnxRuntimeEngine(Engine):
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Pool threads (only with more than one) spin between operators, trading CPU for latency:
-        # whoever asks for them is after a lone request's latency.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.intra_op_num_threads > 1
-                                         else "0")
+        # Spinning pool threads (only with more than one) trade CPU for a lone request's latency:
+        # under concurrency they burn the cores other requests need (A/B in docs/performance.md).
+        spin = self.options.spin and options.intra_op_num_threads > 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         # An arena per session keeps its largest activations for good: three Lite models held
         # 131 MB with one, 86 MB without (62 MB of ONNX), for no measurable speed on one thread.
         options.enable_cpu_mem_arena = False

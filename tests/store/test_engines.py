@@ -95,6 +95,17 @@ def test_the_session_runs_engine_threads_intra_op_threads_and_one_inter_op_threa
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (expected, 1)
 
 
+@pytest.mark.parametrize("threads, spin, expected", [(2, True, "1"), (2, False, "0"), (1, True, "0")])
+def test_pool_threads_spin_only_when_engine_spin_asks_and_there_is_more_than_one(store, threads, spin, expected):
+    manifest = publish_graph(store, colour_classifier(3))
+
+    network = OnnxRuntimeEngine(EngineOptions(threads=threads, spin=spin)).build(manifest,
+                                                                               serialized(colour_classifier(3)))
+
+    options = network.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+
+
 def test_the_engine_threads_setting_reaches_the_session_of_a_served_model(store):
     publish_graph(store, colour_classifier(3))
     settings = Settings.from_env({"MODEL_STORE": str(store.root), "ENGINE_THREADS": "2"})
