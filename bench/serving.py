@@ -82,7 +82,7 @@ def open_model(bucket: str, name: str = MODELS[0], engine: str = "onnxruntime"):
     from imgclassify.store.objects import GcsStore
 
     registry = ModelRegistry.over(GcsStore(bucket), cache_budget_bytes=2**31, catalog_ttl_seconds=3600,
-                             engine_options=EngineOptions(engine))
+                                  engine_options=EngineOptions(engine, threads=1))  # the bare path: one thread
     model, _ = registry.get(name)
     model.network()
     return model
