@@ -293,7 +293,7 @@ def migrate(store: ObjectStore, names: list[str] | None = None, *, log=print) ->
 
 
 def _verified_download(store: ObjectStore, manifest: Manifest, kind: str) -> bytes:
-    from imgclassify.runtime.models import verify_artifact
+    from imgclassify.store.catalog import verify_artifact
 
     data = store.download(manifest.artifacts[kind].object)
     verify_artifact(manifest, manifest.artifacts[kind], data)

@@ -47,9 +47,17 @@ import numpy as np
 from imgclassify.errors import ObjectNotFound, ServiceError
 from imgclassify.imaging.decode import is_image_name
 from imgclassify.runtime.engines import MIGRATE_COMMAND, EngineOptions
-from imgclassify.runtime.models import LoadedModel, load_model, verify_artifact
+from imgclassify.runtime.models import LoadedModel, load_model
 from imgclassify.settings import Settings
-from imgclassify.store.catalog import Architecture, Manifest, check_name, parse_model_ref, read_catalog, read_manifest
+from imgclassify.store.catalog import (
+    Architecture,
+    Manifest,
+    check_name,
+    parse_model_ref,
+    read_catalog,
+    read_manifest,
+    verify_artifact,
+)
 from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore, open_store, read_limited, split_gs_uri
 
 from .catalog_writes import next_version, publish, refuse_existing

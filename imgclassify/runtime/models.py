@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -15,7 +14,7 @@ from imgclassify.errors import EmbeddingsUnavailable, IntegrityError, ObjectNotF
 from imgclassify.imaging.decode import decode_image
 from imgclassify.imaging.preprocess import preprocess
 from imgclassify.memory import release_free_memory
-from imgclassify.store.catalog import ArtifactRef, Manifest, version_dir
+from imgclassify.store.catalog import Manifest, verify_artifact, version_dir
 from imgclassify.store.objects import ObjectStore
 
 from .engines import MIGRATE_COMMAND, Engine, EngineOptions, Network, engine_for
@@ -126,16 +125,6 @@ class LoadedModel:
     def embed(self, inputs: list[np.ndarray]) -> np.ndarray:
         """L2-normalised penultimate features of preprocessed inputs (unit rows; a zero row stays zero)."""
         return l2_normalised(self.features(inputs))
-
-
-def verify_artifact(manifest: Manifest, artifact: ArtifactRef, data: bytes) -> None:
-    """Raise IntegrityError unless ``data`` has the manifest's exact size and sha256."""
-    label = f"{artifact.object.rsplit('/', 1)[-1]} of {manifest.name}@{manifest.version}"
-    if len(data) != artifact.bytes:
-        raise IntegrityError(f"{label} has {len(data)} bytes, manifest says {artifact.bytes}")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != artifact.sha256:
-        raise IntegrityError(f"{label} has sha256 {digest}, manifest says {artifact.sha256}")
 
 
 def load_model(store: ObjectStore, manifest: Manifest, options: EngineOptions) -> LoadedModel:

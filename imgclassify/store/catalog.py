@@ -19,6 +19,7 @@ migrate`` republishes such models with ONNX).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -351,6 +352,16 @@ class Catalog:
                 "versions": sorted(entry["versions"]),
             })
         return rows
+
+
+def verify_artifact(manifest: Manifest, artifact: ArtifactRef, data: bytes) -> None:
+    """Raise IntegrityError unless ``data`` has the manifest's exact size and sha256."""
+    label = f"{artifact.object.rsplit('/', 1)[-1]} of {manifest.name}@{manifest.version}"
+    if len(data) != artifact.bytes:
+        raise IntegrityError(f"{label} has {len(data)} bytes, manifest says {artifact.bytes}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != artifact.sha256:
+        raise IntegrityError(f"{label} has sha256 {digest}, manifest says {artifact.sha256}")
 
 
 def read_catalog(store: ObjectStore) -> tuple[Catalog, int]:
