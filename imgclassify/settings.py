@@ -124,6 +124,10 @@ SETTINGS: tuple[Setting, ...] = (
             "`Cache-Control: max-age` of the list", field="catalog_ttl_seconds", low=0.0, high=86_400.0),
     Setting("PRELOAD_DEFAULT_MODEL", "bool", True, "load the default model at start-up (classify)",
             field="preload_default_model"),
+    Setting("MODEL_SNAPSHOT_DIR", "str", "model_snapshot", "the bundle's copy of the default model (`make "
+            "bundles` writes it), used instead of a download only when its name, version and sha256 match the "
+            "catalog's; a relative path is taken from the directory holding `imgclassify/` (in a bundle, beside "
+            "`main.py`); see docs/deploy.md", field="model_snapshot_dir"),
     Setting("MAX_REQUEST_MB", "int", 20, "largest request body", field="max_request_bytes", low=1, high=1024,
             scale=MB),
     Setting("MAX_IMAGE_PIXELS", "int", 50_000_000, "largest image, in pixels (decompression-bomb guard)",
@@ -203,6 +207,7 @@ class Settings:
     cache_budget_bytes: int = _default("cache_budget_bytes")
     catalog_ttl_seconds: float = _default("catalog_ttl_seconds")
     preload_default_model: bool = _default("preload_default_model")
+    model_snapshot_dir: str = _default("model_snapshot_dir")
     max_request_bytes: int = _default("max_request_bytes")
     max_image_pixels: int = _default("max_image_pixels")
     max_images_per_request: int = _default("max_images_per_request")

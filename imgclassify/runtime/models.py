@@ -16,6 +16,7 @@ from imgclassify.imaging.preprocess import preprocess
 from imgclassify.memory import release_free_memory
 from imgclassify.store.catalog import Manifest, verify_artifact, version_dir
 from imgclassify.store.objects import ObjectStore
+from imgclassify.store.snapshot import ModelSnapshot, SnapshotLook
 
 from .engines import MIGRATE_COMMAND, Engine, EngineOptions, Network, engine_for
 from .golden import check_golden
@@ -127,8 +128,14 @@ class LoadedModel:
         return l2_normalised(self.features(inputs))
 
 
-def load_model(store: ObjectStore, manifest: Manifest, options: EngineOptions) -> LoadedModel:
-    """Download, verify and check the artifact ``manifest``'s engine runs; build lazily on first use."""
+def load_model(store: ObjectStore, manifest: Manifest, options: EngineOptions,
+               snapshot: ModelSnapshot | None = None) -> LoadedModel:
+    """Fetch, verify and check the artifact ``manifest``'s engine runs; build lazily on first use.
+
+    The files come from ``snapshot`` (a bundle's copy, see :mod:`imgclassify.store.snapshot`)
+    when it holds exactly the files ``manifest`` names, else from ``store``; either way their
+    bytes are verified against ``manifest``, the store's.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -144,19 +151,30 @@ def load_model(store: ObjectStore, manifest: Manifest, options: EngineOptions) -
     if "golden" in kinds and not ("golden" in manifest.metadata and "golden" in manifest.artifacts):
         raise IntegrityError(f"{manifest.name}@{manifest.version} has golden answers without golden.png "
                              "or the other way round")
-    downloads = {kind: _download(store, manifest, kind) for kind in kinds}
-    lap("download")
-    for kind, data in downloads.items():
-        try:
-            verify_artifact(manifest, manifest.artifacts[kind], data)
-        except IntegrityError as error:
-            log.error("refusing to serve tampered or corrupt model files: %s", error.message)
-            raise
-    lap("verify")
-    nbytes = engine.check(manifest, downloads[engine.artifact])
+    label = f"{manifest.name}@{manifest.version}"
+    look = snapshot.take(manifest, kinds) if snapshot is not None else SnapshotLook(None, "no snapshot is set")
+    files = look.files
+    if files is not None:
+        log.info("%s from the bundle's snapshot: %s", label, look.reason,
+                 extra={"fields": {"model_source": "snapshot"}})
+        lap("snapshot")  # read and verified
+    else:
+        log.log(logging.WARNING if look.broken else logging.INFO, "%s from the store: %s", label, look.reason,
+                extra={"fields": {"model_source": "store"}})
+        started = time.perf_counter()  # looking at the snapshot is not part of the download
+        files = {kind: _download(store, manifest, kind) for kind in kinds}
+        lap("download")
+        for kind, data in files.items():
+            try:
+                verify_artifact(manifest, manifest.artifacts[kind], data)
+            except IntegrityError as error:
+                log.error("refusing to serve tampered or corrupt model files: %s", error.message)
+                raise
+        lap("verify")
+    nbytes = engine.check(manifest, files[engine.artifact])
     lap("check")
-    return LoadedModel(manifest, engine, nbytes, timings, _data=downloads[engine.artifact],
-                       _golden=downloads.get("golden"))
+    return LoadedModel(manifest, engine, nbytes, timings, _data=files[engine.artifact],
+                       _golden=files.get("golden"))
 
 
 def _download(store: ObjectStore, manifest: Manifest, kind: str) -> bytes:

@@ -10,6 +10,7 @@ from imgclassify.settings import Settings
 from imgclassify.store.catalog import parse_model_ref
 from imgclassify.store.catalog_view import CatalogView
 from imgclassify.store.objects import ObjectStore, open_store
+from imgclassify.store.snapshot import ModelSnapshot, snapshot_directory
 
 from .cache import ModelCache
 from .engines import EngineOptions
@@ -22,8 +23,10 @@ class ModelRegistry:
     """Resolves ``name[@version]`` through a catalog view and hands out warm models from a cache."""
 
     def __init__(self, catalog_view: CatalogView, *, cache_budget_bytes: int,
-                 engine_options: EngineOptions | None = None, load_wait_seconds: float | None = None) -> None:
+                 engine_options: EngineOptions | None = None, load_wait_seconds: float | None = None,
+                 snapshot: ModelSnapshot | None = None) -> None:
         self.catalog_view = catalog_view
+        self.snapshot = snapshot  # the bundle's copy of a model, used only where it matches the store's
         self.engine_options = engine_options or EngineOptions()
         # Single-flight waiters give up after load_wait_seconds (503 MODEL_LOADING, Retry-After).
         self.cache: ModelCache[tuple[str, str], LoadedModel] = ModelCache(
@@ -44,7 +47,8 @@ class ModelRegistry:
                         catalog_ttl_seconds=settings.catalog_ttl_seconds, default_model=settings.default_model,
                         cache_budget_bytes=settings.cache_budget_bytes,
                         engine_options=EngineOptions.from_settings(settings),
-                        load_wait_seconds=settings.model_load_wait_seconds)
+                        load_wait_seconds=settings.model_load_wait_seconds,
+                        snapshot=ModelSnapshot(snapshot_directory(settings.model_snapshot_dir)))
 
     @property
     def store(self) -> ObjectStore:
@@ -71,7 +75,7 @@ class ModelRegistry:
 
     def _load(self, key: tuple[str, str]) -> LoadedModel:
         name, version = key
-        model = load_model(self.store, self.catalog_view.manifest(name, version), self.engine_options)
+        model = load_model(self.store, self.catalog_view.manifest(name, version), self.engine_options, self.snapshot)
         release_free_memory()  # the download and parse buffers are gone: return their pages
         return model
 
