@@ -31,8 +31,10 @@ $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
 checkov-venv: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
 # One deployable source directory and zip per function, in build/functions (see docs/deploy.md).
+# MODEL_STORE=gs://BUCKET (or a directory) puts a verified snapshot of its default model into
+# classify's; a gs:// store needs the venv's Python (the Google Cloud Storage client).
 bundles:
-	python3 scripts/build_bundles.py
+	$(if $(wildcard $(PYTHON)),$(PYTHON),python3) scripts/build_bundles.py $(if $(MODEL_STORE),--store $(MODEL_STORE))
 
 dev: venv
 	$(PYTHON) -m devstack.run

@@ -6,6 +6,7 @@ directory, so each bundle holds everything its function imports from this reposi
     build/functions/<name>/main.py            the entry point, from functions/<name>/
     build/functions/<name>/imgclassify/       the modules of the package the function imports
     build/functions/<name>/requirements.txt   exact pins from functions/requirements.txt
+    build/functions/classify/model_snapshot/  a verified copy of the default model (with --store)
     build/functions/<name>.zip                the same files, zipped deterministically
 
 The zip is byte-for-byte reproducible (sorted entries, fixed timestamps and permissions),
@@ -18,15 +19,25 @@ publisher or the batch job; ``list_models`` holds no runtime or imaging module, 
 the pins without the packages only inference needs (ONNX Runtime).
 Neither bundle installs torch: every model is served from its ``model.onnx``.
 
-The Makefile (``make bundles``) and Cloud Build both call this script; it needs only the
-standard library. ``--freeze`` rewrites functions/requirements.txt from the versions
-installed in the running environment.
+With ``--store`` (``make bundles MODEL_STORE=gs://BUCKET``) the classify bundle also carries a
+snapshot of the store's default model (``imgclassify/store/snapshot.py``): its manifest and the
+files it serves, verified against their sha256, in the directory the MODEL_SNAPSHOT_DIR setting
+names by default. An instance uses it instead of downloading only while the catalog's default is
+still that version. A store that cannot be read stops the build (a bundle that silently lost
+its snapshot would only start slower); ``--no-snapshot`` builds without one. A store with no
+model published yet (a first deploy) gives a bundle without a snapshot and a warning.
+
+The Makefile (``make bundles``) and Cloud Build both call this script; without ``--store`` it
+needs only the standard library (a ``gs://`` store needs google-cloud-storage: the venv's
+Python). ``--freeze`` rewrites functions/requirements.txt from the versions installed in the
+running environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
 import shutil
 import sys
@@ -37,6 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from imgclassify.serving.routes import FUNCTIONS  # noqa: E402 - the one list of functions (standard library only)
+from imgclassify.settings import declared  # noqa: E402 - standard library only
 
 PACKAGE = "imgclassify"
 PINS_FILE = REPO / "functions" / "requirements.txt"
@@ -172,8 +184,37 @@ def write_deterministic_zip(source_dir: Path, zip_path: Path) -> None:
             archive.writestr(entry, path.read_bytes(), compresslevel=9)
 
 
-def build_bundle(function: str, out_dir: Path) -> Path:
-    """Build ``out_dir/function/`` and ``out_dir/function.zip``; return the zip's path."""
+def add_snapshot(bundle: Path, store_location: str, default_model: str | None = None) -> str:
+    """Write the store's default model into ``bundle``'s snapshot directory; say what was done.
+
+    SystemExit when the store cannot be read; a store with nothing published gives no snapshot.
+    """
+    from imgclassify.errors import ServiceError, UnknownModel
+    from imgclassify.store.objects import open_store
+    from imgclassify.store.snapshot import write_snapshot
+
+    directory = bundle / declared("MODEL_SNAPSHOT_DIR").default
+    try:
+        manifest = write_snapshot(open_store(store_location), directory, default_model)
+    except UnknownModel as error:
+        return f"warning: no model snapshot ({error.message}); instances download their default model"
+    except ImportError as error:
+        raise SystemExit(f"cannot read {store_location}: {error} (run this script with the venv's Python, "
+                         "or build with --no-snapshot)") from None
+    except ServiceError as error:  # storage unavailable, no credentials, forbidden, a corrupt file
+        raise SystemExit(f"cannot take the model snapshot from {store_location}: {error.message}; "
+                         "build with --no-snapshot to deploy without one") from None
+    size = sum(path.stat().st_size for path in directory.iterdir())
+    return f"model snapshot {manifest.name}@{manifest.version} from {store_location} ({size} bytes, verified)"
+
+
+def build_bundle(function: str, out_dir: Path, snapshot_store: str | None = None,
+                 default_model: str | None = None, say=print) -> Path:
+    """Build ``out_dir/function/`` and ``out_dir/function.zip``; return the zip's path.
+
+    With ``snapshot_store``, the classify bundle carries a snapshot of that store's default model
+    (``default_model`` if given).
+    """
     if function not in FUNCTIONS:
         raise SystemExit(f"unknown function {function!r}; expected one of {', '.join(FUNCTIONS)}")
     bundle = out_dir / function
@@ -186,6 +227,8 @@ def build_bundle(function: str, out_dir: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
     (bundle / "requirements.txt").write_text(requirements_for(function))
+    if function == "classify" and snapshot_store:
+        say(f"{function}: {add_snapshot(bundle, snapshot_store, default_model)}")
     zip_path = out_dir / f"{function}.zip"
     write_deterministic_zip(bundle, zip_path)
     return zip_path
@@ -211,14 +254,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("functions", nargs="*", default=list(FUNCTIONS), help="functions to bundle (default: all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: build/functions)")
+    parser.add_argument("--store", default=os.environ.get("MODEL_STORE") or None,
+                        help="model store the classify bundle's snapshot of the default model comes from "
+                             "(default: $MODEL_STORE; none: no snapshot)")
+    parser.add_argument("--default-model", default=os.environ.get("DEFAULT_MODEL") or None,
+                        help="the model to snapshot (default: $DEFAULT_MODEL, else the catalog's default)")
+    parser.add_argument("--no-snapshot", action="store_true", help="build the classify bundle without a snapshot")
     parser.add_argument("--freeze", action="store_true", help="rewrite functions/requirements.txt and exit")
     args = parser.parse_args(argv)
     if args.freeze:
         print(freeze(), end="")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    store = None if args.no_snapshot else args.store
+    if store is None and "classify" in args.functions:
+        print("classify: no model snapshot (no --store or MODEL_STORE); instances download their default model")
     for function in args.functions:
-        zip_path = build_bundle(function, args.out)
+        zip_path = build_bundle(function, args.out, store, args.default_model)
         print(f"{function}: {zip_path} ({zip_path.stat().st_size} bytes)")
     return 0
 

@@ -25,11 +25,14 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from devstack.processes import REPO, free_port, spawn, stop, wait_until_answers
+from imgclassify.publish.catalog_writes import publish
 from imgclassify.publish.cli import main as publish_main
 from imgclassify.publish.sources import publish_bundled
 from imgclassify.runtime.engines import EngineOptions
 from imgclassify.runtime.registry import ModelRegistry
+from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, onnx_object
 from imgclassify.store.objects import GcsStore
+from tests.support.onnx_graphs import colour_classifier, serialized
 from tests.support.photos import CAT_INDICES, cat_jpeg
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -293,3 +296,62 @@ def test_built_list_models_bundle_lists_models_with_neither_torch_nor_onnx_runti
     bundle = str((bundles / "list_models").resolve())
     assert all(origin.startswith(bundle + "/") for origin in record.read_text().split())
     assert json.loads(next(line for line in log.splitlines() if "ready" in line))["message"].startswith("list_models")
+
+
+def startup_entries(log: Path) -> list[dict]:
+    """The function's JSON log lines (gunicorn's own lines are not JSON)."""
+    return [json.loads(line) for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
+
+
+def tiny_draft(version: str) -> Manifest:
+    return Manifest(name="tiny", version=version, architecture=Architecture("onnx", "tests"),
+                    artifacts={"onnx": ArtifactRef("", 0, "0" * 64)}, labels=("red", "green", "blue"),
+                    preprocessing=Preprocessing(resize=40, crop_size=32), random_init=True)
+
+
+def classify_tiny(url: str) -> requests.Response:
+    return requests.post(url + "/v1/classify", data=cat_jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=120)
+
+
+def test_a_classify_bundle_built_from_a_store_starts_from_its_snapshot_until_the_default_moves_on(
+        emulator, new_bucket_module, tmp_path):
+    bucket = new_bucket_module("snapshot")
+    store = GcsStore(bucket)
+    publish(store, tiny_draft("1"), {"onnx": serialized(colour_classifier(3, seed=0))}, make_default=True)
+    said = []
+    build_bundles.build_bundle("classify", tmp_path / "out", f"gs://{bucket}", say=said.append)
+    bundle = tmp_path / "out" / "classify"
+    assert said == [f"classify: model snapshot tiny@1 from gs://{bucket} "
+                    f"({sum(p.stat().st_size for p in (bundle / 'model_snapshot').iterdir())} bytes, verified)"]
+    with zipfile.ZipFile(tmp_path / "out" / "classify.zip") as archive:
+        assert {"model_snapshot/manifest.json", "model_snapshot/model.onnx"} <= set(archive.namelist())
+    # Only the snapshot can serve version 1 now: had the instance downloaded, the load would fail.
+    store.delete(onnx_object("tiny", "1"))
+    env = {"STORAGE_EMULATOR_HOST": emulator.url, "MODEL_STORE": f"gs://{bucket}", "GOOGLE_CLOUD_PROJECT": "t"}
+
+    def start(workdir: Path) -> tuple[requests.Response, list[dict]]:
+        workdir.mkdir()
+        url, process, _ = serve_bundle(bundle, "classify", env, workdir)
+        try:
+            return classify_tiny(url), startup_entries(workdir / "classify.log")
+        finally:
+            stop(process)
+
+    from_snapshot, first_log = start(tmp_path / "first")
+    publish(store, tiny_draft("2"), {"onnx": serialized(colour_classifier(3, seed=1))}, make_default=True)
+    moved_on, second_log = start(tmp_path / "second")
+
+    assert from_snapshot.status_code == 200, from_snapshot.text
+    assert from_snapshot.json()["model"]["version"] == "1"
+    source = next(entry for entry in first_log if "model_source" in entry)
+    assert source["model_source"] == "snapshot" and source["message"].startswith("tiny@1 from the bundle's snapshot")
+    ready = next(entry for entry in first_log if entry["message"].startswith("classify ready"))
+    assert "snapshot" in ready["startup_ms"] and "download" not in ready["startup_ms"]
+
+    assert moved_on.status_code == 200, moved_on.text
+    assert moved_on.json()["model"]["version"] == "2"
+    source = next(entry for entry in second_log if "model_source" in entry)
+    assert source["model_source"] == "store" and source["severity"] == "INFO"
+    assert source["message"] == "tiny@2 from the store: the snapshot holds tiny@1, not tiny@2"
+    ready = next(entry for entry in second_log if entry["message"].startswith("classify ready"))
+    assert "download" in ready["startup_ms"] and "snapshot" not in ready["startup_ms"]
