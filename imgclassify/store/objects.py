@@ -276,17 +276,24 @@ class GcsStore(ObjectStore):
 
     def __init__(self, bucket: str, prefix: str = "", *, timeout_seconds: float = 30.0,
                  retry_seconds: float = 10.0, slice_bytes: int = 8 * 2**20, workers: int = 8) -> None:
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
         self.bucket_name = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.uri = f"gs://{bucket}/{self.prefix}".rstrip("/")
         self.timeout = timeout_seconds
-        # Transient errors (connection resets, 429, 5xx) are retried with exponential backoff
-        # for at most retry_seconds, then reported as 503 so the caller can come back later.
-        self.retry = DEFAULT_RETRY.with_timeout(retry_seconds)
+        self.retry_seconds = retry_seconds
         self.slice_bytes = slice_bytes
         self.workers = workers
+
+    @functools.cached_property
+    def retry(self):
+        """The client's default retry, for at most ``retry_seconds``: transient errors (connection
+        resets, 429, 5xx) are retried with exponential backoff, then reported as 503 so the caller
+        can come back later. Built on first use, not with the store, so that the client library
+        is imported by the first request to storage: at a cold start that runs beside the
+        runtime's import and the snapshot's read (imgclassify.serving.classify_app)."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_timeout(self.retry_seconds)
 
     def _blob(self, name: str, generation: int | None = None):
         bucket = _storage_client().bucket(self.bucket_name)
