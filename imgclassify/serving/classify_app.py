@@ -69,27 +69,42 @@ def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
     functions-framework imports this module in gunicorn's parent process and then forks
     the worker. A runtime's thread pool does not survive a fork, so the parent stops short
     of building the network: the worker builds it right after the fork, on a thread of its
-    own (:func:`build_after_fork`), while gunicorn starts serving. The engine's runtime is
-    imported on a thread meanwhile, joined before this returns. A storage error (a
-    permission still propagating, an outage) is logged and the instance starts anyway: the
-    first request that needs the model loads it. Returns each phase's time in milliseconds.
+    own (:func:`build_after_fork`), while gunicorn starts serving. Meanwhile two threads
+    overlap the catalog read (the storage client's import, then the network): the engine's
+    runtime is imported on one, and the bundle's model snapshot, if any, is read and hashed on
+    the other (file reads and hashing release the GIL); both are joined before this returns,
+    because no thread may cross the fork. The snapshot serves only if it matches the catalog's
+    default (:mod:`imgclassify.store.snapshot`). A storage error (a permission still
+    propagating, an outage) is logged and the instance starts anyway: the first request that
+    needs the model loads it. Returns each phase's time in milliseconds.
     """
     phases: dict[str, float] = {}
     started = time.perf_counter()
-    # The runtime's import (CPU) overlaps the catalog read and the download (network).
-    importer = threading.Thread(target=import_preferred_runtime, args=(registry.engine_options,),
-                                name="import-runtime")
-    importer.start()
+    helpers = [threading.Thread(target=import_preferred_runtime, args=(registry.engine_options,),
+                                name="import-runtime")]
+    if registry.snapshot is not None:
+        helpers.append(threading.Thread(target=registry.snapshot.prefetch, name="read-snapshot"))
+    for helper in helpers:
+        helper.start()
     try:
         registry.catalog_view.catalog()
     except Exception as error:  # noqa: BLE001 - start-up must not die; requests will retry
         log.warning("could not read the catalog at start-up (%s); models load on first use", error)
-        importer.join()  # joined before returning: no thread may cross the fork
+        for helper in helpers:
+            helper.join()  # joined before returning: no thread may cross the fork
+        if registry.snapshot is not None:
+            registry.snapshot.release()
         return phases
     phases["catalog"] = round((time.perf_counter() - started) * 1000, 1)
-    model = registry.warm_up()
     started = time.perf_counter()
-    importer.join()
+    for helper in helpers[1:]:
+        helper.join()  # the snapshot's bytes, before the load looks at them
+    phases["read_snapshot_wait"] = round((time.perf_counter() - started) * 1000, 1)
+    model = registry.warm_up()
+    if registry.snapshot is not None:
+        registry.snapshot.release()  # a load that failed before looking at the snapshot left its bytes
+    started = time.perf_counter()
+    helpers[0].join()
     phases["import_runtime_wait"] = round((time.perf_counter() - started) * 1000, 1)
     if model is not None:
         phases.update(model.load_ms)

@@ -354,12 +354,13 @@ class Catalog:
         return rows
 
 
-def verify_artifact(manifest: Manifest, artifact: ArtifactRef, data: bytes) -> None:
-    """Raise IntegrityError unless ``data`` has the manifest's exact size and sha256."""
+def verify_artifact(manifest: Manifest, artifact: ArtifactRef, data: bytes, digest: str | None = None) -> None:
+    """Raise IntegrityError unless ``data`` has the manifest's exact size and sha256 (``digest``:
+    the sha256 of ``data``, when the caller computed it as it read the bytes)."""
     label = f"{artifact.object.rsplit('/', 1)[-1]} of {manifest.name}@{manifest.version}"
     if len(data) != artifact.bytes:
         raise IntegrityError(f"{label} has {len(data)} bytes, manifest says {artifact.bytes}")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = digest or hashlib.sha256(data).hexdigest()
     if digest != artifact.sha256:
         raise IntegrityError(f"{label} has sha256 {digest}, manifest says {artifact.sha256}")
 

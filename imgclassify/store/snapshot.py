@@ -17,6 +17,7 @@ model or version, other checksums, a missing or corrupt file: the files are down
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -57,6 +58,7 @@ class ModelSnapshot:
         self._manifest: Manifest | None = None
         self._problem: str | None = None
         self._broken = False
+        self._read: dict[str, tuple[bytes, str]] = {}   # kind -> (bytes, their sha256), from prefetch()
 
     def manifest(self) -> tuple[Manifest | None, str]:
         """The snapshot's manifest, or None and why there is none."""
@@ -70,6 +72,26 @@ class ModelSnapshot:
                 self._problem = f"the snapshot's {path} is unreadable: {error}"
                 self._broken = True
         return self._manifest, self._problem or ""
+
+    def prefetch(self) -> None:
+        """Read the snapshot's files and their sha256 now, for :meth:`take` to verify later.
+
+        Reading a file and hashing it release the GIL, so a start-up thread doing this runs
+        beside the main thread's imports and catalog read. Call :meth:`take` or :meth:`release`
+        only once this has returned.
+        """
+        held, _ = self.manifest()
+        for kind in SNAPSHOT_KINDS if held is not None else ():
+            if kind in held.artifacts:
+                try:
+                    data = (self.directory / ARTIFACT_FILENAMES[kind]).read_bytes()
+                except OSError:
+                    continue  # take() reads it again and says why it cannot
+                self._read[kind] = (data, hashlib.sha256(data).hexdigest())
+
+    def release(self) -> None:
+        """Drop what :meth:`prefetch` read (a start that loads no model from the snapshot)."""
+        self._read.clear()
 
     def mismatch(self, manifest: Manifest, kinds: list[str]) -> str | None:
         """Why this snapshot cannot stand in for ``kinds`` of the store's ``manifest``; None if it can."""
@@ -91,6 +113,7 @@ class ModelSnapshot:
     def take(self, manifest: Manifest, kinds: list[str]) -> SnapshotLook:
         """The bytes of ``kinds`` of the store's ``manifest`` from this snapshot, verified against
         that manifest, and a sentence saying why; no files when they must be downloaded."""
+        prefetched, self._read = self._read, {}
         problem = self.mismatch(manifest, kinds)
         if problem is not None:
             return SnapshotLook(None, problem, broken=self._broken)
@@ -98,8 +121,8 @@ class ModelSnapshot:
         for kind in kinds:
             path = self.directory / ARTIFACT_FILENAMES[kind]
             try:
-                files[kind] = path.read_bytes()
-                verify_artifact(manifest, manifest.artifacts[kind], files[kind])
+                files[kind], digest = prefetched.get(kind) or (path.read_bytes(), None)
+                verify_artifact(manifest, manifest.artifacts[kind], files[kind], digest)
             except OSError as error:
                 return SnapshotLook(None, f"the snapshot's {path} is unreadable: {error.strerror or error}", True)
             except IntegrityError as error:

@@ -88,6 +88,23 @@ def test_corrupt_bytes_under_a_matching_manifest_are_refused(store, snapshot_dir
     assert look.reason.startswith("the snapshot is corrupt: model.onnx of tiny@1 has sha256")
 
 
+def test_bytes_read_ahead_by_prefetch_are_verified_against_the_stores_manifest_as_well(store, snapshot_dir):
+    (snapshot_dir / "model.onnx").write_bytes(GRAPH[:-1] + b"!")
+    snapshot = ModelSnapshot(snapshot_dir)
+    snapshot.prefetch()
+    (snapshot_dir / "model.onnx").write_bytes(GRAPH)  # repaired on disk, too late: the read bytes are what counts
+    look = snapshot.take(read_manifest(store, "tiny", "1"), ["onnx"])
+    assert look.files is None and look.broken and "corrupt" in look.reason
+
+
+def test_a_prefetched_snapshot_serves_the_bytes_it_read_once(store, snapshot_dir):
+    snapshot = ModelSnapshot(snapshot_dir)
+    snapshot.prefetch()
+    assert snapshot.take(read_manifest(store, "tiny", "1"), ["onnx"]).files == {"onnx": GRAPH}
+    (snapshot_dir / "model.onnx").unlink()  # a second load reads the files again, and finds none
+    assert snapshot.take(read_manifest(store, "tiny", "1"), ["onnx"]).broken
+
+
 def test_no_snapshot_directory_means_a_download_without_alarm(store, tmp_path):
     look = ModelSnapshot(tmp_path / "absent").take(read_manifest(store, "tiny", "1"), ["onnx"])
     assert look.files is None and not look.broken
