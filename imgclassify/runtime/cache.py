@@ -8,6 +8,11 @@ values with ``size_of(value)``. Contract:
   ``wait_seconds`` with :class:`~imgclassify.errors.ModelLoading` (503, Retry-After), while
   the load itself goes on and serves later callers;
 * a failed load is not remembered: the next call tries again;
+* a *refused* key is: :meth:`ModelCache.refuse` drops its entry and remembers the error, and
+  ``get`` raises it from memory (no load) for ``refusal_seconds``, or until the caller's
+  ``stamp`` for the key (e.g. the catalog's record of that version) differs from the stamp
+  the refusal was made under; a model that fails a check only its build can make (the golden
+  answers of an int8 twin) is then not rebuilt on every request that asks for it;
 * loads of different keys run in parallel (the lock is per key, not per cache);
 * after each load the least recently used entries are evicted until the total size fits
   ``budget_bytes``; the entry just loaded is never evicted, so a model larger than the
@@ -35,8 +40,12 @@ log = logging.getLogger(__name__)
 
 class ModelCache(Generic[K, V]):
     def __init__(self, loader: Callable[[K], V], size_of: Callable[[V], int], budget_bytes: int,
-                 on_evict: Callable[[list[K]], object] | None = None, wait_seconds: float | None = None) -> None:
+                 on_evict: Callable[[list[K]], object] | None = None, wait_seconds: float | None = None,
+                 refusal_seconds: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._loader = loader
+        self.refusal_seconds = refusal_seconds
+        self._clock = clock
+        self._refused: dict[K, tuple[BaseException, object, float]] = {}   # error, stamp, until
         self.wait_seconds = wait_seconds
         self._on_evict = on_evict
         self._size_of = size_of
@@ -56,9 +65,19 @@ class ModelCache(Generic[K, V]):
         with self._lock:
             return list(self._entries)
 
-    def get(self, key: K) -> tuple[V, bool]:
-        """Return ``(value, cold)``; ``cold`` is True when this call had to wait for a load."""
+    def get(self, key: K, stamp: object = None) -> tuple[V, bool]:
+        """Return ``(value, cold)``; ``cold`` is True when this call had to wait for a load.
+
+        Raises the remembered error of a key refused under the same ``stamp`` less than
+        ``refusal_seconds`` ago.
+        """
         with self._lock:
+            refusal = self._refused.get(key)
+            if refusal is not None:
+                error, refused_stamp, until = refusal
+                if refused_stamp == stamp and self._clock() < until:
+                    raise error.with_traceback(None)
+                del self._refused[key]
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
@@ -74,6 +93,15 @@ class ModelCache(Generic[K, V]):
                 raise ModelLoading(f"{key} is still loading after {self.wait_seconds:g} s; retry shortly",
                                    retry_after_seconds=max(1, round(self.wait_seconds))) from None
         return self._load(key, future), True
+
+    def refuse(self, key: K, error: BaseException, stamp: object = None) -> None:
+        """Drop ``key``'s entry and answer ``error`` for it from memory (see :meth:`get`)."""
+        with self._lock:
+            dropped = self._entries.pop(key, None) is not None
+            self._refused[key] = (error, stamp, self._clock() + self.refusal_seconds)
+        log.warning("refusing %s for %.0f s or until it is republished: %s", key, self.refusal_seconds, error)
+        if dropped and self._on_evict is not None:
+            self._on_evict([key])
 
     def _load(self, key: K, future: Future) -> V:
         started = time.perf_counter()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from imgclassify.errors import UnknownVersion
+from imgclassify.errors import IntegrityError, UnknownVersion
 from imgclassify.memory import release_free_memory
 from imgclassify.settings import Settings
 from imgclassify.store.catalog import parse_model_ref
@@ -64,14 +65,40 @@ class ModelRegistry:
     def get(self, ref: str | None) -> tuple[LoadedModel, bool]:
         """The warm model for ``ref`` and whether this call waited for it to load."""
         try:
-            return self.cache.get(self.resolve(ref))
+            return self._get(self.resolve(ref))
         except UnknownVersion:
             if ref is not None and parse_model_ref(ref)[1] is not None:
                 raise
             # The latest version was removed since this instance last read the catalog (its
             # load failed on the missing manifest and read the catalog again): a reference that
             # pins no version means the new latest.
-            return self.cache.get(self.resolve(ref))
+            return self._get(self.resolve(ref))
+
+    def serve(self, ref: str | None, check: Callable[[LoadedModel], object] | None = None) -> tuple[LoadedModel, bool]:
+        """:meth:`get`, then ``check(model)``, then the model's network built (or waited for).
+
+        A build that fails its integrity checks (an int8 twin whose golden answers differ on
+        this host) refuses the version: it answers that INTEGRITY_ERROR from memory, with no
+        download or build, until the catalog's record of the version changes or
+        ``cache.refusal_seconds`` pass.
+        """
+        model, cold = self.get(ref)
+        if check is not None:
+            check(model)
+        try:
+            model.network()
+        except IntegrityError as error:
+            self.cache.refuse(model.key, error, self._stamp(model.key))
+            raise
+        return model, cold
+
+    def _get(self, key: tuple[str, str]) -> tuple[LoadedModel, bool]:
+        return self.cache.get(key, self._stamp(key))
+
+    def _stamp(self, key: tuple[str, str]) -> object:
+        """The catalog's record of version ``key`` (republishing it changes its published_at)."""
+        name, version = key
+        return self.catalog_view.catalog().models.get(name, {}).get("versions", {}).get(version)
 
     def _load(self, key: tuple[str, str]) -> LoadedModel:
         name, version = key

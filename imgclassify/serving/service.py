@@ -57,10 +57,8 @@ class ClassifyService:
 
     def _run(self, request: ClassifyRequest, operation, check=None) -> dict:
         started = time.perf_counter()
-        model, cold = self.registry.get(request.model)
-        if check is not None:
-            check(model)
-        model.network()  # built by now, or here (waiting for a build already running)
+        # built by now, or here (waiting for a build already running); a refused build answers from memory
+        model, cold = self.registry.serve(request.model, check)
         loaded = time.perf_counter()
         inputs = [self._prepare(model, image, index, len(request.images))
                   for index, image in enumerate(request.images)]

@@ -1,4 +1,4 @@
-"""ModelCache: hits, single-flight loading, failure handling, parallel loads and LRU eviction by bytes."""
+"""ModelCache: hits, single-flight loading, failure handling, parallel loads, LRU eviction by bytes, refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from imgclassify.errors import ModelLoading
+from imgclassify.errors import IntegrityError, ModelLoading
 from imgclassify.runtime.cache import ModelCache
 
 WAIT = 10.0  # seconds; generous upper bound for every wait so a broken cache fails instead of hanging
@@ -326,3 +326,55 @@ def test_model_load_wait_seconds_reaches_the_registry_cache(tmp_path):
     settings = Settings.from_env({"MODEL_STORE": str(tmp_path), "MODEL_LOAD_WAIT_SECONDS": "7.5"})
 
     assert ModelRegistry.from_settings(settings).cache.wait_seconds == 7.5
+
+
+# --- refusals (a negative cache) ------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_refused_key_answers_its_error_from_memory_without_loading_until_refusal_seconds_pass():
+    loader, clock, evicted = CountingLoader(), Clock(), []
+    cache = ModelCache(loader, size_of=lambda value: 1, budget_bytes=100, on_evict=evicted.extend,
+                       refusal_seconds=60, clock=clock)
+    cache.get("twin")
+    cache.refuse("twin", IntegrityError("twin@1 does not give its golden answers"))
+
+    assert cache.keys() == [] and evicted == ["twin"]  # its memory is given back at once
+    for _ in range(3):
+        clock.now += 19
+        with pytest.raises(IntegrityError, match="golden answers"):
+            cache.get("twin")
+    assert loader.calls == ["twin"]
+
+    clock.now += 4  # 61 s after the refusal
+    assert cache.get("twin")[1] is True
+    assert loader.calls == ["twin", "twin"]
+
+
+def test_a_refusal_holds_for_its_stamp_only_and_a_new_stamp_loads_again():
+    loader = CountingLoader()
+    cache = ModelCache(loader, size_of=lambda value: 1, budget_bytes=100)
+    cache.refuse("twin", IntegrityError("refused"), stamp={"published_at": "09:00"})
+
+    with pytest.raises(IntegrityError):
+        cache.get("twin", stamp={"published_at": "09:00"})
+    assert loader.calls == []
+    cache.get("twin", stamp={"published_at": "09:05"})  # republished: the refusal was about another file
+    assert loader.calls == ["twin"]
+    cache.get("twin", stamp={"published_at": "09:00"})  # forgotten, and now a hit
+    assert loader.calls == ["twin"]
+
+
+def test_refusing_one_key_leaves_the_others_served():
+    loader = CountingLoader()
+    cache = ModelCache(loader, size_of=lambda value: 1, budget_bytes=100)
+    kept, _ = cache.get("fp32")
+    cache.refuse("twin", IntegrityError("refused"))
+
+    assert cache.get("fp32") == (kept, False)
