@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the emulator's data (gcs/) and the logs (logs/) live (default: .local)")
     parser.add_argument("--models", nargs="*", metavar="NAME",
                         help="bundled models to publish when missing (default: all three)")
+    parser.add_argument("--no-int8", action="store_true", default=os.environ.get("DEV_INT8", "1") == "0",
+                        help="do not publish the bundled models' int8 twins (made once per source version, "
+                             "a minute or two each; DEV_INT8=0 too)")
     args = parser.parse_args(argv)
 
     local = args.data_dir
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.start_function(function)
         stack.start_router()
         print(banner(stack), flush=True)
+        if not args.no_int8:
+            # after the banner: the fp32 models serve meanwhile, the twins join the listing as they are published
+            stack.publish_int8_twins()
         threading.Event().wait()  # until a signal interrupts it
     except KeyboardInterrupt:
         pass

@@ -74,6 +74,14 @@ class LocalStack:
         self.emulator.create_bucket(self.bucket)
         publish_bundled(open_store(self.model_store), self.bundled_models, log=log)
 
+    def publish_int8_twins(self, log=print) -> None:
+        """Publish the int8 twin of each bundled model that has none for its current version."""
+        from imgclassify.publish.quantize import publish_missing_twins
+        from imgclassify.publish.sources import BUNDLED
+        from imgclassify.store.objects import open_store
+
+        publish_missing_twins(open_store(self.model_store), self.bundled_models or list(BUNDLED), log=log)
+
     def start_function(self, function: str, env: dict[str, str] | None = None,
                        source_dir: Path | None = None) -> str:
         """Start ``function`` under functions-framework; return its URL once it answers."""

@@ -284,3 +284,38 @@ def publish_int8_twin(store: ObjectStore, ref: str, *, name: str | None = None, 
         },
     )
     return publish(store, manifest, {"onnx": twin, "golden": png}, make_default=make_default)
+
+
+def published_twin(store: ObjectStore, source: Manifest) -> str | None:
+    """``name@version`` of a published int8 twin of exactly ``source`` (its name, version and
+    graph's sha256), or None."""
+    catalog, _ = read_catalog(store)
+    wanted = {"name": source.name, "version": source.version, "sha256": source.artifacts["onnx"].sha256}
+    for name, entry in sorted(catalog.models.items()):
+        for version, summary in entry["versions"].items():
+            if summary.get("quantized_from") == wanted:
+                return f"{name}@{version}"
+    return None
+
+
+def publish_missing_twins(store: ObjectStore, names: Sequence[str], *, log=print, **options) -> list[Manifest]:
+    """An int8 twin of the latest version of each of ``names`` that has none yet (``make dev``).
+
+    A twin of that exact source version already published is not made again; one the recipe
+    cannot make well enough (AgreementTooLow) is one logged line, and the others go on.
+    ``options`` are :func:`publish_int8_twin`'s (recipe, min_top1_agreement).
+    """
+    catalog, _ = read_catalog(store)
+    published = []
+    for name in names:
+        source = read_manifest(store, name, catalog.resolve(name, None))
+        existing = published_twin(store, source)
+        if existing:
+            log(f"{source.name}@{source.version}: int8 twin {existing} is published")
+            continue
+        log(f"{source.name}@{source.version}: quantizing its int8 twin (a minute or two, once)")
+        try:
+            published.append(publish_int8_twin(store, f"{source.name}@{source.version}", log=log, **options))
+        except AgreementTooLow as error:
+            log(f"{source.name}@{source.version}: no int8 twin: {error.message}")
+    return published

@@ -21,6 +21,7 @@ from imgclassify.publish.quantize import (
     MIN_HELD_OUT_CROPS,
     RECIPE,
     publish_int8_twin,
+    publish_missing_twins,
 )
 from imgclassify.runtime.onnx_rules import check_onnx
 from imgclassify.store.catalog import read_catalog, read_manifest
@@ -143,3 +144,20 @@ def test_quantize_refuses_what_it_cannot_quantize_in_one_error_line(twin_stack, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert read_catalog(GcsStore(twin_stack.bucket))[0] == catalog
+
+
+def test_make_dev_publishes_a_twin_once_per_source_version_and_a_refused_one_is_a_logged_line(twin_stack):
+    store = GcsStore(twin_stack.bucket)
+    source = read_manifest(store, SOURCE, "1")
+    files = {kind: store.download(ref.object) for kind, ref in source.artifacts.items()}
+    publish(store, replace(source, name="copy", artifacts={}, published_at="", publish_id=""), files)
+    before = read_catalog(store)[0]
+    lines = []
+
+    published = publish_missing_twins(store, [SOURCE, "copy"], recipe=TEST_RECIPE, min_top1_agreement=1,
+                                      log=lines.append)
+
+    assert published == []
+    assert lines[0] == f"{SOURCE}@1: int8 twin {TWIN}@1 is published"  # not quantized again
+    assert lines[-1].startswith("copy@1: no int8 twin: the int8 twin of copy@1 agrees with it on ")
+    assert read_catalog(store)[0] == before
