@@ -97,6 +97,30 @@ def test_the_compare_verdict_gives_untrained_models_no_vote_and_the_caption_read
     assert result["caption"] == "500 × 375, 21 kB, sent unchanged"
 
 
+def test_the_compare_grid_puts_each_twin_after_its_source_and_compares_their_answers(blank_page):
+    result = run_module_code(blank_page, """
+        const {groupTwins, twinVerdict} = await load("views/compare.js");
+        const twinOf = (source) => ({precision: "int8", quantized_from: {name: source, version: "1"}});
+        const model = (name, source) => ({name, version: "1", ...(source ? twinOf(source) : {})});
+        const answer = (label, score, inference) => ({state: "done", elapsedMs: 30, response: {
+          model: {name: "m", version: "1", random_init: false}, timing_ms: {total: 20, inference},
+          results: [{predictions: [{label, score, index: 0}]}]}});
+        const groups = groupTwins([model("a"), model("b"), model("orphan_int8", "gone"), model("a_int8", "a"),
+                                   model("b_int8", "b"), model("a_int8_v2", "a")]);
+        return {
+          groups: groups.map((group) => group.map((m) => m.name)),
+          same: twinVerdict("a", answer("tabby", 0.43, 10), "a_int8", answer("tabby", 0.41, 4.6)),
+          differ: twinVerdict("a", answer("tabby", 0.43, 10), "a_int8", answer("tiger cat", 0.36, 5)),
+          pending: twinVerdict("a", answer("tabby", 0.43, 10), "a_int8", {state: "pending"}),
+        };
+    """)
+    assert result["groups"] == [["a", "a_int8", "a_int8_v2"], ["b", "b_int8"], ["orphan_int8"]]
+    assert result["same"] == "a_int8 puts tabby first, as a does; inference 5 ms against 10 ms (0.46×)."
+    assert result["differ"] == ("a_int8 puts tiger cat (36.0%) first, a tabby (43.0%); "
+                                "inference 5 ms against 10 ms (0.50×).")
+    assert result["pending"] == ""
+
+
 def test_the_api_client_retries_503_and_unreachable_as_told_and_never_a_spent_quota(blank_page):
     result = run_module_code(blank_page, """
         const {ApiClient, parseRetryAfter} = await load("api.js");

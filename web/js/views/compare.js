@@ -1,4 +1,7 @@
-/** The compare view: one card per model, filled in as each answer arrives, and a summary. */
+/**
+ * The compare view: one card per model, filled in as each answer arrives, and a summary. An
+ * int8 twin sits beside its source model, in one row, with a line that compares the two.
+ */
 
 import {h, replaceChildren} from "../dom.js";
 import {duration, percent} from "../format.js";
@@ -44,6 +47,52 @@ export function summarizeComparison(states) {
   return sentence;
 }
 
+/**
+ * The grid's groups, in list order: each model followed by its int8 twins in the list (a twin
+ * whose source is not listed stands alone, where it is).
+ *
+ * @param {import("../api.js").ModelSummary[]} models
+ * @returns {import("../api.js").ModelSummary[][]}
+ */
+export function groupTwins(models) {
+  const names = new Set(models.map((model) => model.name));
+  /** @type {Map<string, import("../api.js").ModelSummary[]>} */
+  const twins = new Map();
+  for (const model of models) {
+    const source = model.quantized_from?.name;
+    if (!source || source === model.name || !names.has(source)) continue;
+    twins.set(source, [...(twins.get(source) ?? []), model]);
+  }
+  const placed = new Set([...twins.values()].flat().map((model) => model.name));
+  return models.filter((model) => !placed.has(model.name)).map((model) => [model, ...(twins.get(model.name) ?? [])]);
+}
+
+/**
+ * One sentence on a twin's answer beside its source's: the same top label or not, and the
+ * forward time of each (the twin's point is speed; its measured agreement says how often
+ * the labels match).
+ *
+ * @param {string} sourceName
+ * @param {CardState|undefined} source
+ * @param {string} twinName
+ * @param {CardState|undefined} twin
+ * @returns {string}
+ */
+export function twinVerdict(sourceName, source, twinName, twin) {
+  if (source?.state !== "done" || twin?.state !== "done") return "";
+  const first = (state) => state.response.results?.[0]?.predictions?.[0];
+  const [sourceTop, twinTop] = [first(source), first(twin)];
+  if (!sourceTop || !twinTop) return "";
+  const verdict = sourceTop.label === twinTop.label
+    ? `${twinName} puts ${twinTop.label} first, as ${sourceName} does`
+    : `${twinName} puts ${twinTop.label} (${percent(twinTop.score)}) first, ${sourceName} ${sourceTop.label} ` +
+      `(${percent(sourceTop.score)})`;
+  const [sourceMs, twinMs] = [source.response.timing_ms?.inference, twin.response.timing_ms?.inference];
+  const speed = typeof sourceMs === "number" && typeof twinMs === "number" && sourceMs > 0
+    ? `; inference ${duration(twinMs)} against ${duration(sourceMs)} (${(twinMs / sourceMs).toFixed(2)}×)` : "";
+  return `${verdict}${speed}.`;
+}
+
 /** Renders the grid of model cards. */
 export class CompareView {
   /**
@@ -57,6 +106,8 @@ export class CompareView {
     this.states = new Map();
     /** @type {Map<string, HTMLElement>} */
     this.cards = new Map();
+    /** @type {{names: string[], line: HTMLElement}[]} a source, its twins, and the line comparing them */
+    this.pairs = [];
   }
 
   /**
@@ -70,15 +121,37 @@ export class CompareView {
                                                                     "aria-busy": "true"})]));
     for (const model of models) {
       const card = this.cards.get(model.name);
+      if (model.precision === "int8") card.classList.add("card-twin");
       card.append(
         h("h3", {class: "card-title"}, h("span", {class: "card-name", text: model.name}), " ",
           h("span", {class: "card-version", text: `v${model.version}`}),
-          model.random_init ? [" ", untrainedBadge()] : null),
+          model.random_init ? [" ", untrainedBadge()] : null,
+          model.precision === "int8" ? [" ", h("span", {class: "badge", text: "int8"})] : null),
         h("div", {class: "card-body"},
           h("p", {class: "pending"}, h("span", {class: "spinner", "aria-hidden": "true"}), "Classifying…")));
     }
-    replaceChildren(this.grid, [...this.cards.values()]);
+    this.pairs = [];
+    const items = groupTwins(models).map((group) => {
+      if (group.length === 1) return this.cards.get(group[0].name);
+      const names = group.map((model) => model.name);
+      const line = h("p", {class: "pair-verdict", "aria-live": "polite"});
+      this.pairs.push({names, line});
+      const twins = names.length === 2 ? "its int8 twin" : "its int8 twins";
+      return h("li", {class: "compare-pair", "data-source": names[0]},
+        h("ul", {class: "pair-cards", "aria-label": `${names[0]} and ${twins}, side by side`},
+          names.map((name) => this.cards.get(name))),
+        line);
+    });
+    replaceChildren(this.grid, items);
     this.summary.textContent = `Asking ${models.length} ${models.length === 1 ? "model" : "models"}…`;
+  }
+
+  /** Rewrite the line under each source and its twins from the answers so far. */
+  comparePairs() {
+    for (const {names: [source, ...twins], line} of this.pairs) {
+      line.textContent = twins.map((twin) => twinVerdict(source, this.states.get(source), twin, this.states.get(twin)))
+        .filter(Boolean).join(" ");
+    }
   }
 
   /**
@@ -108,6 +181,7 @@ export class CompareView {
     replaceChildren(card.querySelector(".card-body"),
       renderPredictions(response.results?.[0]?.predictions ?? [], `Labels from ${name}, most likely first`),
       renderTiming(response, elapsedMs));
+    this.comparePairs();
   }
 
   /**
