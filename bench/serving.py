@@ -296,7 +296,8 @@ def memory(stack: LocalStack, image: tuple[bytes, str], onnx_bytes: dict[str, in
     freed pages back (at most every 10 s, after a request), as an instance does between bursts.
     """
     port = free_port()
-    process = spawn(function_command("classify", port), env={**stack.env(), "PRELOAD_DEFAULT_MODEL": "false"},
+    process = spawn(function_command("classify", port),
+                    env={**stack.function_env("classify"), "PRELOAD_DEFAULT_MODEL": "false"},
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     session = requests.Session()
@@ -406,8 +407,8 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
         run["profile"] = request_profile(model, small[0], count, stack.env())
 
     def service(env: dict, name: str) -> Server:
-        return Server(function_command("classify", 0)[:-1] + ["{port}"], {**stack.env(), **env}, "/v1/classify",
-                      small, log=work / f"{name}-{time.monotonic_ns()}.log")
+        return Server(function_command("classify", 0)[:-1] + ["{port}"], {**stack.function_env("classify"), **env},
+                      "/v1/classify", small, log=work / f"{name}-{time.monotonic_ns()}.log")
 
     served = service({}, "onnx")
     try:

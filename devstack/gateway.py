@@ -35,9 +35,9 @@ from pathlib import Path
 import yaml
 
 from .processes import REPO
+from .terraform import terraform_defaults
 
 SPEC_TEMPLATE = REPO / "infra" / "terraform" / "openapi.yaml.tftpl"
-VARIABLES_TF = REPO / "infra" / "terraform" / "variables.tf"
 
 NO_KEY_MESSAGE = ("UNAUTHENTICATED: Method doesn't allow unregistered callers (callers without established "
                   "identity). Please use API Key or other form of API consumer identity to call this API.")
@@ -76,15 +76,6 @@ class Limit:
     metric: str
     metric_display_name: str
     per_minute: int
-
-
-def terraform_defaults(path: Path = VARIABLES_TF) -> dict[str, object]:
-    """Each Terraform variable's default, as a first deploy gets it."""
-    import hcl2
-
-    with open(path) as handle:
-        blocks = hcl2.load(handle)["variable"]
-    return {name.strip('"'): body["default"] for block in blocks for name, body in block.items() if "default" in body}
 
 
 def render_template(text: str, values: Mapping[str, object]) -> dict:

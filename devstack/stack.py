@@ -15,6 +15,7 @@ from .emulator import StorageEmulator
 from .gateway import GatewayPolicy
 from .processes import REPO, free_port, spawn, stop, wait_until_answers
 from .router import Router, RouterServer
+from .terraform import function_threads
 
 
 def function_command(function: str, port: int, source_dir: Path | None = None) -> list[str]:
@@ -61,6 +62,11 @@ class LocalStack:
         return {"STORAGE_EMULATOR_HOST": self.emulator.url, "MODEL_STORE": self.model_store,
                 "GOOGLE_CLOUD_PROJECT": "local-dev", **self.extra_env}
 
+    def function_env(self, function: str) -> dict[str, str]:
+        """What ``function``'s process gets: :meth:`env`, and the gunicorn threads a first deploy
+        gives it (its concurrency), not functions-framework's 4 per CPU."""
+        return {"THREADS": str(function_threads(function)), **self.env()}
+
     def start_storage(self, log=print) -> None:
         """Start the emulator, create the bucket and publish the bundled models that are missing."""
         from imgclassify.publish.sources import publish_bundled
@@ -87,7 +93,8 @@ class LocalStack:
         """Start ``function`` under functions-framework; return its URL once it answers."""
         port = free_port()
         output = open(self.log_dir / f"{function}.log", "ab") if self.log_dir else None
-        process = spawn(function_command(function, port, source_dir), env={**self.env(), **(env or {})},
+        process = spawn(function_command(function, port, source_dir),
+                        env={**self.function_env(function), **(env or {})},
                         stdout=output, stderr=subprocess.STDOUT if output else None)
         self.functions[function] = process
         url = f"http://127.0.0.1:{port}"
