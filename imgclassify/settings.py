@@ -154,12 +154,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENGINE", "choice", ENGINES[0], "`onnxruntime`, or `torch` (needs torch installed; a model without "
             "the preferred engine's file falls back to the other engine where installed)", field="engine",
             choices=ENGINES),
-    Setting("ENGINE_THREADS", "int", 1, "intra-op threads of one forward pass (`0`: one per CPU); more than 1 "
-            "answers a lone request faster but serves fewer images per second under concurrency (see "
-            "docs/performance.md)", field="engine_threads", low=0, high=256),
-    Setting("ENGINE_SPIN", "bool", False, "with more than one engine thread, let them spin between operators "
-            "instead of sleeping: a lone request a little faster, fewer images per second under concurrency",
-            field="engine_spin"),
+    Setting("ENGINE_THREADS", "int", 0, "threads of a forward pass that runs alone on the instance (`0`: one "
+            "per CPU); one that starts beside another runs on one thread (see docs/performance.md)",
+            field="engine_threads", low=0, high=256),
+    Setting("ENGINE_SPIN", "bool", True, "let a lone forward pass's threads spin between operators instead of "
+            "sleeping (they stop when it returns)", field="engine_spin"),
     Setting("GOOGLE_CLOUD_PROJECT", "str", None, "project id used in log trace fields",
             field="google_cloud_project", shown_default="none"),
     Setting("URL_FETCH_ENABLED", "bool", True, "accept `{\"url\": ...}` inputs", field="url_fetch_enabled"),

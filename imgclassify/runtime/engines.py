@@ -12,6 +12,13 @@ Nothing outside this module knows which engine runs a model: :func:`engine_for` 
 from the manifest's artifacts, the engines installed here and the ``ENGINE`` setting, and the
 caller gets back an :class:`Engine` and then a :class:`Network`.
 
+Threads: a forward that starts while no other runs in this process gets every core
+(``ENGINE_THREADS``, by default one per CPU): a lone request answers in about 0.6 of the time
+of one thread. A forward that starts beside another gets one thread: the cores are busy with
+requests already, and pool threads would only wait on each other. ONNX Runtime fixes a
+session's threads when it is built, so an ONNX model is served by two sessions, one of each
+kind, over one copy of its optimised weights (:class:`OnnxRuntimeNetwork`).
+
 Fork safety: functions-framework imports the function in gunicorn's parent process and forks
 the worker after. A runtime's thread pool does not survive a fork (ONNX Runtime silently runs
 single-threaded in the child; PyTorch's OpenMP pool can hang), so a :class:`Network` is built
@@ -21,9 +28,14 @@ fork downloads and verifies; :meth:`Network.build` then runs in the worker.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import tempfile
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,11 +57,10 @@ class EngineOptions:
     """How engines run: which one is preferred and how many threads one forward may use."""
 
     preferred: str = DEFAULT_ENGINE
-    # One thread per forward by default (ENGINE_THREADS): concurrent requests then run side by
-    # side, one per core, with no pool threads to wake or oversubscribe. More images per second
-    # under load, a few ms more for a lone request (figures in docs/performance.md).
-    threads: int = Settings.engine_threads  # 0: one per CPU this process may use
-    spin: bool = Settings.engine_spin  # pool threads spin between operators (ENGINE_SPIN)
+    # The threads of a forward that runs alone (ENGINE_THREADS; 0: one per CPU). A forward that
+    # starts beside another always runs on one (see the module's docstring).
+    threads: int = Settings.engine_threads
+    spin: bool = Settings.engine_spin  # a lone forward's pool threads spin between operators (ENGINE_SPIN)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -57,7 +68,41 @@ class EngineOptions:
         return cls(settings.engine, settings.engine_threads, settings.engine_spin)
 
     def intra_op_threads(self) -> int:
+        """The threads of a forward that runs alone."""
         return self.threads or len(os.sched_getaffinity(0))
+
+
+class _Forwards:
+    """How many forwards run in this process now, across all models (they share its cores)."""
+
+    # A forward runs wide only if none has overlapped another for this long: under load, one that
+    # happens to start alone would otherwise take every core from the requests decoding beside it.
+    QUIET_SECONDS = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self._overlapped_at = -self.QUIET_SECONDS
+
+    @contextlib.contextmanager
+    def start(self) -> Iterator[bool]:
+        """Count one forward while the block runs; yields whether it may use every core."""
+        now = time.monotonic()
+        with self._lock:
+            if self.running:
+                self._overlapped_at = now
+            alone = not self.running and now - self._overlapped_at >= self.QUIET_SECONDS
+            self.running += 1
+        try:
+            yield alone
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+FORWARDS = _Forwards()
+# A forward of the parent may not outlive the fork: the worker starts with none running.
+os.register_at_fork(after_in_child=lambda: FORWARDS.__init__())
 
 
 class Network(ABC):
@@ -71,6 +116,10 @@ class Network(ABC):
         """Each image's penultimate features (the graph's feature output), one row per image."""
         raise EmbeddingsUnavailable("this engine serves no features; the ONNX Runtime engine (ENGINE=onnxruntime) "
                                     "does")
+
+    def warm_up(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`run` once on every path a forward may take (their first runs are slow)."""
+        return self.run(batch)
 
 
 class Engine(ABC):
@@ -100,20 +149,38 @@ class Engine(ABC):
 
 
 class OnnxRuntimeNetwork(Network):
-    def __init__(self, session) -> None:
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-        outputs = [output.name for output in session.get_outputs()]
+    """A graph served by a ``wide`` session (a lone forward's threads) and a ``narrow`` one (one
+    thread); each forward takes the one :data:`FORWARDS` says fits. With one thread to give,
+    both are the same session. ``weights`` keeps alive the arrays the two sessions share."""
+
+    def __init__(self, narrow, wide=None, weights: tuple = ()) -> None:
+        self.narrow, self.wide, self._weights = narrow, wide or narrow, weights
+        self.input_name = narrow.get_inputs()[0].name
+        outputs = [output.name for output in narrow.get_outputs()]
         self.scores_name = outputs[0]
         self.has_features = FEATURE_OUTPUT in outputs[1:]
 
+    @property
+    def session(self):
+        """The session a lone forward runs on."""
+        return self.wide
+
+    def _run(self, output: str, batch: np.ndarray) -> np.ndarray:
+        with FORWARDS.start() as alone:
+            return (self.wide if alone else self.narrow).run([output], {self.input_name: batch})[0]
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.scores_name], {self.input_name: batch})[0]
+        return self._run(self.scores_name, batch)
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         if not self.has_features:
             raise EmbeddingsUnavailable(f"the graph has no {FEATURE_OUTPUT!r} output")
-        return self.session.run([FEATURE_OUTPUT], {self.input_name: batch})[0]
+        return self._run(FEATURE_OUTPUT, batch)
+
+    def warm_up(self, batch: np.ndarray) -> np.ndarray:
+        if self.narrow is not self.wide:
+            self.narrow.run([self.scores_name], {self.input_name: batch})
+        return self.wide.run([self.scores_name], {self.input_name: batch})[0]
 
 
 class OnnxRuntimeEngine(Engine):
@@ -132,18 +199,19 @@ class OnnxRuntimeEngine(Engine):
 
         onnx_model_class()  # the checks' parser, built once
 
-    def session_options(self):
+    def session_options(self, threads: int):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = self.options.intra_op_threads()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning pool threads (only with more than one) trade CPU for a lone request's latency:
-        # under concurrency they burn the cores other requests need (A/B in docs/performance.md).
-        spin = self.options.spin and options.intra_op_num_threads > 1
+        # Spinning pool threads answer a lone forward faster; they stop when the last forward returns,
+        # so an idle instance and the one-thread forwards beside it do not pay for them.
+        spin = self.options.spin and threads > 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         # An arena per session keeps its largest activations for good: three Lite models held
         # 131 MB with one, 86 MB without (62 MB of ONNX), for no measurable speed on one thread.
         options.enable_cpu_mem_arena = False
@@ -154,23 +222,82 @@ class OnnxRuntimeEngine(Engine):
         from .onnx_rules import OnnxRuleViolation, check_onnx
 
         try:
-            return check_onnx(data).initializer_bytes
+            signature = check_onnx(data)
         except OnnxRuleViolation as error:
             raise IntegrityError(f"model.onnx of {manifest.name}@{manifest.version} is refused: {error}") from None
+        # 8-bit weights are packed by each session of their own (see build)
+        pair = self.options.intra_op_threads() > 1 and signature.eight_bit_weights
+        return signature.initializer_bytes * (2 if pair else 1)
 
     def build(self, manifest: Manifest, data: bytes) -> Network:
-        import onnxruntime
+        """The narrow and wide sessions of ``data``.
 
+        Float weights are shared: ONNX Runtime optimises the graph once (fusions, the CPU's
+        blocked layout) and writes it with its weights to a temporary directory; both sessions
+        then run that graph over one copy of the weights, read back into memory, with no further
+        optimisation and no packing of their own (two sessions cost about what one did; the
+        final Gemm unpacked is within 1e-6 and no slower). 8-bit weights are packed by the
+        integer kernels at build, and an unpacked forward took 1.65 times as long, so a quantized
+        graph gets two sessions of its own.
+        """
+        threads = self.options.intra_op_threads()
         try:
-            session = onnxruntime.InferenceSession(data, self.session_options(), providers=["CPUExecutionProvider"])
+            if threads == 1:
+                return OnnxRuntimeNetwork(self._session(data, self.session_options(1)))
+            return self._shared_pair(data, threads)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise IntegrityError(f"model.onnx of {manifest.name}@{manifest.version} does not load: {error}") from None
+
+    @staticmethod
+    def _session(source, options):
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         # The Python wrapper keeps the model's bytes for as long as the session lives, only to
         # rebuild it on another provider after a failure (its own source calls this "bad"): with
         # the CPU provider alone there is nothing to fall back to, so let the bytes go.
         session.disable_fallback()
         session._model_bytes = None
-        return OnnxRuntimeNetwork(session)
+        return session
+
+    def _shared_pair(self, data: bytes, threads: int) -> OnnxRuntimeNetwork:
+        import numpy as np
+
+        from .onnx_rules import external_tensors
+
+        with tempfile.TemporaryDirectory(prefix="imgclassify-onnx-") as work:
+            optimised = self.session_options(1)
+            optimised.optimized_model_filepath = os.path.join(work, "model.onnx")
+            optimised.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                               _WEIGHTS_FILE)
+            optimised.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                               "64")
+            first = self._session(data, optimised)
+            with open(optimised.optimized_model_filepath, "rb") as handle:
+                graph = handle.read()
+            weights = os.path.join(work, _WEIGHTS_FILE)  # not written when every tensor is tiny
+            blob = np.fromfile(weights, dtype=np.uint8) if os.path.exists(weights) else np.empty(0, np.uint8)
+            tensors = external_tensors(graph, blob)
+            if tensors is None:  # 8-bit weights, or a type numpy cannot hold: sessions of their own
+                return OnnxRuntimeNetwork(first, self._session(data, self.session_options(threads)))
+            del first
+            import onnxruntime
+
+            shared = [(name, onnxruntime.OrtValue.ortvalue_from_numpy(array)) for name, array in tensors]
+            sessions = []
+            for count in (1, threads):
+                options = self.session_options(count)
+                options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+                options.add_session_config_entry("session.disable_prepacking", "1")
+                for name, value in shared:
+                    options.add_initializer(name, value)
+                # built from the file while the weights file is there (ONNX Runtime checks that it
+                # exists); every tensor in it is given above, so it is not read
+                sessions.append(self._session(optimised.optimized_model_filepath, options))
+        return OnnxRuntimeNetwork(*sessions, weights=(blob, shared))
+
+
+_WEIGHTS_FILE = "weights.bin"
 
 
 class TorchNetwork(Network):

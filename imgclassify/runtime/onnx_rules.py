@@ -31,6 +31,10 @@ _EXTERNAL = 1  # onnx.TensorProto.EXTERNAL
 # onnx.TensorProto.DataType -> bytes per element (FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64,
 # BOOL, FLOAT16, DOUBLE, UINT32, UINT64, BFLOAT16); anything else counts as 4.
 _ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+_EIGHT_BIT = frozenset({2, 3})  # UINT8, INT8: a quantized graph's weights
+# onnx.TensorProto.DataType -> numpy's name for it (the types numpy holds as they are stored)
+_NUMPY_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+                10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
 
 # message -> (field, number, type); a type starting with "*" is repeated, a capitalised one a message.
 ONNX_SUBSET: dict[str, list[tuple[str, int, str]]] = {
@@ -95,6 +99,7 @@ class GraphSignature:
     initializer_bytes: int                  # what the weights occupy in memory once loaded
     producer: str
     feature_shape: tuple[int | str, ...] | None = None  # the FEATURE_OUTPUT's shape, if the graph has one
+    eight_bit_weights: bool = False         # some initializer is 8-bit (a quantized graph)
 
     @property
     def feature_size(self) -> int | None:
@@ -163,7 +168,7 @@ def check_onnx(data: bytes) -> GraphSignature:
     if model.functions:
         raise OnnxRuleViolation(f"the model defines {len(model.functions)} local functions; "
                                 "only standard ONNX operators are served (inline them when exporting)")
-    initializer_bytes = 0
+    initializer_bytes, eight_bit = 0, False
     for graph in _graphs(model.graph):
         for node in graph.node:
             if node.domain not in STANDARD_DOMAINS:
@@ -175,6 +180,7 @@ def check_onnx(data: bytes) -> GraphSignature:
                     "tensors (save it with onnx.save_model(..., save_as_external_data=False))")
             if graph is model.graph:
                 initializer_bytes += _tensor_bytes(tensor)
+                eight_bit |= tensor.data_type in _EIGHT_BIT
     if foreign:
         raise OnnxRuleViolation(f"operators from non-standard domains {sorted(set(foreign))}; only the standard "
                                 "ONNX domains ('', ai.onnx, ai.onnx.ml) are served")
@@ -199,4 +205,30 @@ def check_onnx(data: bytes) -> GraphSignature:
     if feature_shape is not None and len(feature_shape) != 2:
         raise OnnxRuleViolation(f"output {FEATURE_OUTPUT!r} must be (N, width); found {list(feature_shape)}")
     return GraphSignature(graph_input.name, graph_output.name, input_shape, output_shape, initializer_bytes,
-                          f"{model.producer_name} {model.producer_version}".strip(), feature_shape)
+                          f"{model.producer_name} {model.producer_version}".strip(), feature_shape, eight_bit)
+
+
+def external_tensors(graph: bytes, weights) -> list[tuple[str, object]] | None:
+    """The initializers a graph ONNX Runtime saved keeps in its external ``weights`` (a numpy
+    uint8 array): ``(name, array)`` pairs viewing ``weights`` without a copy. None if one of them
+    is 8-bit or of a type numpy does not hold (the caller then gives up sharing them).
+
+    Only for graphs this process's ONNX Runtime wrote (the runtime's optimised form of a model
+    that passed :func:`check_onnx`): offsets and lengths are checked against ``weights``, the
+    rules above are not.
+    """
+    model = onnx_model_class()()
+    model.ParseFromString(graph)
+    found = []
+    for tensor in model.graph.initializer:
+        if tensor.data_location != _EXTERNAL:
+            continue
+        if tensor.data_type in _EIGHT_BIT or tensor.data_type not in _NUMPY_TYPES:
+            return None
+        where = {entry.key: entry.value for entry in tensor.external_data}
+        offset, length = int(where.get("offset", 0)), int(where["length"])
+        if offset + length > len(weights) or length != _tensor_bytes(tensor):
+            raise ValueError(f"tensor {tensor.name!r} lies outside the saved weights")
+        array = weights[offset:offset + length].view(_NUMPY_TYPES[tensor.data_type])
+        found.append((tensor.name, array.reshape(tuple(tensor.dims))))
+    return found

@@ -16,8 +16,10 @@ locals {
       },
       function.entry_point == "classify" ? tomap({
         # Half the memory for warm models; the rest is the runtime, requests and decoded images.
-        # ENGINE_THREADS stays at its default, 1: concurrent requests then use one vCPU each.
+        # A lone forward uses every vCPU the instance is given (concurrent ones one each): said
+        # here rather than read from the CPUs the sandbox shows, which may not be the quota.
         CACHE_BUDGET_MB     = tostring(floor(function.memory_mb / 2))
+        ENGINE_THREADS      = tostring(function.cpu)
         ALLOWED_GCS_BUCKETS = join(",", var.allowed_gcs_buckets)
       }) : tomap({}),
       function.model == null ? tomap({}) : tomap({ DEFAULT_MODEL = function.model, PRELOAD_DEFAULT_MODEL = "true" }),

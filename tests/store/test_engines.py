@@ -117,6 +117,47 @@ def test_the_engine_threads_setting_reaches_the_session_of_a_served_model(store)
     assert model.network().session.get_session_options().intra_op_num_threads == 2
 
 
+def test_a_float_graphs_two_sessions_share_one_copy_of_its_weights_and_answer_alike(store):
+    graph = colour_classifier(40)  # 480 + 160 bytes of weights: kept outside the optimised graph
+    network = OnnxRuntimeEngine(EngineOptions(threads=2)).build(publish_graph(store, graph), serialized(graph))
+    batch = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
+
+    narrow, wide = (session.run(None, {"input": batch})[0] for session in (network.narrow, network.wide))
+
+    assert network.narrow is not network.wide
+    assert [s.get_session_options().intra_op_num_threads for s in (network.narrow, network.wide)] == [1, 2]
+    blob, shared = network._weights
+    assert sorted(name for name, _ in shared) == ["bias", "weight"] and blob.nbytes == 640
+    assert np.array_equal(narrow, wide)
+    expected = batch.mean(axis=(2, 3)) @ numpy_helper.to_array(graph.graph.initializer[0])
+    assert np.allclose(narrow, expected + numpy_helper.to_array(graph.graph.initializer[1]), atol=1e-5)
+
+
+def test_one_engine_thread_builds_one_session_for_every_forward(store):
+    network = OnnxRuntimeEngine(EngineOptions(threads=1)).build(publish_graph(store, colour_classifier(3)),
+                                                                serialized(colour_classifier(3)))
+
+    assert network.narrow is network.wide and network._weights == ()
+
+
+def test_a_forward_that_starts_beside_another_runs_on_the_one_thread_session(store, monkeypatch):
+    from imgclassify.runtime import engines
+
+    network = OnnxRuntimeEngine(EngineOptions(threads=2)).build(publish_graph(store, colour_classifier(40)),
+                                                                serialized(colour_classifier(40)))
+    used = []
+    for session in (network.narrow, network.wide):
+        monkeypatch.setattr(session, "run", lambda outputs, feeds, s=session: used.append(s) or [np.zeros((1, 40))])
+    monkeypatch.setattr(engines, "FORWARDS", engines._Forwards())
+    batch = np.zeros((1, 3, 8, 8), dtype=np.float32)
+
+    network.run(batch)
+    with engines.FORWARDS.start():
+        network.run(batch)
+
+    assert used == [network.wide, network.narrow]
+
+
 # --- loading: verified bytes, checked, built lazily --------------------------------------------
 
 def test_a_loaded_model_keeps_its_verified_bytes_until_it_is_built_then_only_the_network(store):
@@ -199,7 +240,9 @@ def test_the_torch_engine_counts_the_tensor_bytes_and_refuses_what_is_not_safete
 
 # --- one interface -------------------------------------------------------------------------------
 
-def test_the_session_is_built_from_the_verified_bytes_in_memory_not_a_file(store, monkeypatch):
+@pytest.fixture
+def session_sources(monkeypatch) -> list:
+    """What each ONNX Runtime session built from now on was built from (bytes or a path)."""
     import onnxruntime
 
     sources = []
@@ -212,8 +255,26 @@ def test_the_session_is_built_from_the_verified_bytes_in_memory_not_a_file(store
             super().__init__(path_or_bytes, *args, **kwargs)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", RecordingSession)
-    model = load_model(store, publish_graph(store, colour_classifier(3)), EngineOptions())
+    return sources
+
+
+def test_the_session_is_built_from_the_verified_bytes_in_memory_not_a_file(store, session_sources):
+    model = load_model(store, publish_graph(store, colour_classifier(3)), EngineOptions(threads=1))
 
     model.network()
 
-    assert sources == [serialized(colour_classifier(3))]
+    assert session_sources == [serialized(colour_classifier(3))]
+
+
+def test_with_more_threads_the_two_sessions_run_the_runtimes_optimised_graph_whose_files_are_gone(
+        store, session_sources):
+    labels = tuple(f"class {index}" for index in range(40))
+    model = load_model(store, publish_graph(store, colour_classifier(40), labels=labels), EngineOptions(threads=2))
+
+    model.network()
+
+    first, *optimised = session_sources
+    assert first == serialized(colour_classifier(40)) and len(optimised) == 2
+    assert all(isinstance(path, str) and not os.path.exists(os.path.dirname(path)) for path in optimised)
+
+

@@ -18,7 +18,7 @@ def test_defaults_apply_when_the_environment_is_empty():
     assert settings.cors_allowed_origins == ("*",)
     assert settings.allowed_gcs_buckets == ()
     assert settings.preload_default_model is True
-    assert EngineOptions.from_settings(settings) == EngineOptions("onnxruntime", 1)  # one thread per forward
+    assert EngineOptions.from_settings(settings) == EngineOptions("onnxruntime", 0, True)  # a lone forward: every CPU
 
 
 def test_every_variable_is_read_and_converted():
@@ -57,7 +57,7 @@ def test_bad_values_stop_the_start_with_a_message_naming_the_variable(name, valu
 def test_zero_engine_threads_means_one_per_cpu_this_process_may_use():
     per_cpu = EngineOptions.from_settings(Settings.from_env({"ENGINE_THREADS": "0"}))
     assert per_cpu.intra_op_threads() == len(os.sched_getaffinity(0))
-    assert EngineOptions.from_settings(Settings.from_env({})).intra_op_threads() == 1
+    assert EngineOptions.from_settings(Settings.from_env({})).intra_op_threads() == len(os.sched_getaffinity(0))
     assert EngineOptions.from_settings(Settings.from_env({"ENGINE_THREADS": "3"})).intra_op_threads() == 3
 
 
