@@ -13,7 +13,7 @@ EfficientNet-Lite models, and measures, every figure the median over ``--repeats
 4. the same service with ``ENGINE=torch``, and the simplest servers a user could write around
    the same model.onnx (functions-framework, and Flask under gunicorn), side by side;
 5. fidelity: the served top-5 of real photos against the torch engine's;
-6. an A/B of the engine's intra-op thread policies (:data:`THREAD_POLICIES`);
+6. an A/B of the engine's thread policies (:data:`THREAD_POLICIES`);
 7. a warm request broken into its parts, in process;
 8. resident memory with 3 models over a no-model baseline, against their ONNX bytes;
 9. optionally (``--bundle-size``, needs PyPI) the classify bundle's installed size.
@@ -57,11 +57,13 @@ PEERS = REPO / "bench" / "peers"
 # (read 2026-12-01): $0.000024 per vCPU-second, $0.0000025 per GiB-second, $0.40 per million requests.
 PRICE = {"vcpu_second": 0.000024, "gib_second": 0.0000025, "million_requests": 0.40, "date": "2026-12-01"}
 CLASSIFY_MEMORY_GIB, CLASSIFY_VCPUS = 4.0, 2   # infra/terraform's defaults for the classify function
-# The intra-op thread policies the A/B serves side by side (each a classify instance of its own).
+# The thread policies the A/B serves side by side (each a classify instance of its own): the
+# default (a lone forward on every CPU, spinning; overlapping ones on one thread each), the same
+# without spinning, and every forward on one thread.
 THREAD_POLICIES = {
+    "lone_every_cpu_spinning": {},
+    "lone_every_cpu": {"ENGINE_SPIN": "false"},
     "one_thread": {"ENGINE_THREADS": "1"},
-    "per_cpu": {"ENGINE_THREADS": "0", "ENGINE_SPIN": "false"},
-    "per_cpu_spinning": {"ENGINE_THREADS": "0", "ENGINE_SPIN": "true"},
 }
 
 
@@ -124,6 +126,7 @@ def request_profile(model, image: bytes, count: int, env: dict) -> dict:
     from imgclassify.imaging.preprocess import preprocess
     from imgclassify.runtime.scores import scores, top_k
     from imgclassify.serving.bootstrap import create_http_app
+    from imgclassify.serving.http import json_response
     from imgclassify.serving.request_parsing import parse_classify_request
     from imgclassify.settings import Settings
 
@@ -147,9 +150,13 @@ def request_profile(model, image: bytes, count: int, env: dict) -> dict:
         "preprocess": lambda: preprocess(decoded, spec),
         "forward": lambda: model.outputs([prepared]),
         "scores_top_k": lambda: top_k(scores(outputs, "logits"), model.manifest.labels, 5),
+        "json_response": lambda: json_response(answer),
+        "log_line": lambda: app._log(logged, response, time.perf_counter(), {}),
         "whole_app_in_process": lambda: app(request()),
     }
-    app(request())
+    logged = request()
+    response = app(logged)
+    answer = json.loads(response.get_data())
     result = {}
     for name, part in parts.items():
         for _ in range(3):
@@ -605,7 +612,7 @@ def print_table(result: dict) -> None:
     if "memory" in result:
         print("memory (MB):", json.dumps(result["memory"]))
     print("fidelity against the torch engine:", result["fidelity"])
-    print("intra-op threads A/B:", json.dumps(result["threads_ab"]))
+    print("thread policies A/B:", json.dumps(result["threads_ab"]))
     print("warm request, in process (ms):", json.dumps(result["profile"]))
     print("cold start phases (ms):", json.dumps(served["phases_ms"]))
     print(f"cost per million with torch: {result['cost_per_million'][f'torch_{MODELS[0]}']}")

@@ -117,10 +117,6 @@ class Network(ABC):
         raise EmbeddingsUnavailable("this engine serves no features; the ONNX Runtime engine (ENGINE=onnxruntime) "
                                     "does")
 
-    def warm_up(self, batch: np.ndarray) -> np.ndarray:
-        """:meth:`run` once on every path a forward may take (their first runs are slow)."""
-        return self.run(batch)
-
 
 class Engine(ABC):
     name: str
@@ -176,11 +172,6 @@ class OnnxRuntimeNetwork(Network):
         if not self.has_features:
             raise EmbeddingsUnavailable(f"the graph has no {FEATURE_OUTPUT!r} output")
         return self._run(FEATURE_OUTPUT, batch)
-
-    def warm_up(self, batch: np.ndarray) -> np.ndarray:
-        if self.narrow is not self.wide:
-            self.narrow.run([self.scores_name], {self.input_name: batch})
-        return self.wide.run([self.scores_name], {self.input_name: batch})[0]
 
 
 class OnnxRuntimeEngine(Engine):

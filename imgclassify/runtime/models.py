@@ -64,7 +64,7 @@ class LoadedModel:
                 network = self.engine.build(self.manifest, self._data)
                 built = time.perf_counter()
                 crop = self.manifest.preprocessing.crop_size
-                rows = network.warm_up(np.zeros((1, 3, crop, crop), dtype=np.float32))
+                rows = network.run(np.zeros((1, 3, crop, crop), dtype=np.float32))
                 if rows.shape != (1, self.manifest.num_classes):  # labels would be misread or overrun
                     raise IntegrityError(
                         f"{self.manifest.name}@{self.manifest.version} gives {list(rows.shape[1:])} scores per "
