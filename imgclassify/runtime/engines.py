@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import tempfile
 import threading
@@ -47,6 +48,8 @@ from .onnx_rules import FEATURE_OUTPUT
 
 if TYPE_CHECKING:
     import numpy as np
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENGINE = Settings.engine
 MIGRATE_COMMAND = "python -m imgclassify.publish migrate"
@@ -232,10 +235,15 @@ class OnnxRuntimeEngine(Engine):
         graph gets two sessions of its own.
         """
         threads = self.options.intra_op_threads()
+        if threads > 1:
+            try:
+                return self._shared_pair(data, threads)
+            except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+                # no temporary directory, or a graph the runtime cannot save: one session serves
+                # every forward, as long as the model itself loads
+                log.warning("%s@%s: one session for every forward (%s)", manifest.name, manifest.version, error)
         try:
-            if threads == 1:
-                return OnnxRuntimeNetwork(self._session(data, self.session_options(1)))
-            return self._shared_pair(data, threads)
+            return OnnxRuntimeNetwork(self._session(data, self.session_options(threads)))
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise IntegrityError(f"model.onnx of {manifest.name}@{manifest.version} does not load: {error}") from None
 

@@ -133,6 +133,23 @@ def test_a_float_graphs_two_sessions_share_one_copy_of_its_weights_and_answer_al
     assert np.allclose(narrow, expected + numpy_helper.to_array(graph.graph.initializer[1]), atol=1e-5)
 
 
+def test_without_a_temporary_directory_one_session_serves_every_forward(store, monkeypatch, caplog):
+    import tempfile
+
+    def no_directory(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_directory)
+    graph = colour_classifier(40)
+
+    network = OnnxRuntimeEngine(EngineOptions(threads=2)).build(publish_graph(store, graph), serialized(graph))
+
+    assert network.narrow is network.wide
+    assert network.wide.get_session_options().intra_op_num_threads == 2
+    assert network.run(np.zeros((1, 3, 8, 8), dtype=np.float32)).shape == (1, 40)
+    assert "one session for every forward" in caplog.text
+
+
 def test_one_engine_thread_builds_one_session_for_every_forward(store):
     network = OnnxRuntimeEngine(EngineOptions(threads=1)).build(publish_graph(store, colour_classifier(3)),
                                                                 serialized(colour_classifier(3)))
