@@ -94,7 +94,7 @@ class LoadedModel:
 
     def outputs(self, inputs: list[np.ndarray]) -> np.ndarray:
         """The model's raw output rows for preprocessed inputs, run as one batch."""
-        return self.network().run(np.stack(inputs))
+        return self.network().run(_batch(inputs))
 
     def probabilities(self, inputs: list[np.ndarray]) -> np.ndarray:
         return scores(self.outputs(inputs), self.manifest.output)
@@ -110,7 +110,7 @@ class LoadedModel:
         """
         self.require_features()
         name, version = self.key
-        rows = self.network().features(np.stack(inputs))
+        rows = self.network().features(_batch(inputs))
         if rows.shape[1:] != (self.manifest.feature_size,):
             raise IntegrityError(f"{name}@{version} gives {list(rows.shape[1:])} features per image but its "
                                  f"manifest says {self.manifest.feature_size}")
@@ -126,6 +126,11 @@ class LoadedModel:
     def embed(self, inputs: list[np.ndarray]) -> np.ndarray:
         """L2-normalised penultimate features of preprocessed inputs (unit rows; a zero row stays zero)."""
         return l2_normalised(self.features(inputs))
+
+
+def _batch(inputs: list[np.ndarray]) -> np.ndarray:
+    """Preprocessed images as one batch; a lone image is a view of itself, not a copy."""
+    return inputs[0][np.newaxis] if len(inputs) == 1 else np.stack(inputs)
 
 
 def load_model(store: ObjectStore, manifest: Manifest, options: EngineOptions,
