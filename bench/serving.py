@@ -591,7 +591,12 @@ def print_table(result: dict) -> None:
     for name, value in found.items():
         print(f"{name:<44} {value!s:>7}  {TARGETS.get(name, '')}")
     print("\nside by side (cold ms, p50 ms at 1 client, img/s at 1 / 8 / 16 clients, CPU ms per image):")
-    for name, measured in (("this service", served), ("this service, ENGINE=torch", torch), *peers.items()):
+    twin = result["by_model"].get(f"{MODELS[0]}_int8")
+    int8_row = {"cold_start_ms": "-", "p50_ms": twin["p50_ms"], "cpu_ms_per_image": twin["cpu_ms_per_image"],
+                "images_per_s_by_clients": {8: twin["images_per_s_8_clients"]}} if twin else None
+    rows = (("this service", served), *((("this service, its int8 twin", int8_row),) if int8_row else ()),
+            ("this service, ENGINE=torch", torch), *peers.items())
+    for name, measured in rows:
         by = measured["images_per_s_by_clients"]
         print(f"  {name:<32} {measured['cold_start_ms']:>7} {measured['p50_ms']:>8} "
               + " ".join(f"{by.get(c, '-')!s:>8}" for c in (1, 8, 16)) + f" {measured['cpu_ms_per_image']:>8}")
