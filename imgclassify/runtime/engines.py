@@ -80,7 +80,7 @@ class _Forwards:
 
     # A forward runs wide only if none has overlapped another for this long: under load, one that
     # happens to start alone would otherwise take every core from the requests decoding beside it.
-    QUIET_SECONDS = 0.5
+    QUIET_SECONDS = 0.1
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
