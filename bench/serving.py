@@ -403,14 +403,14 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
     per_client = 3 if args.smoke else 12
     count = args.requests
     run: dict = {}
-    model = open_model(bucket)
-    run["in_process"] = in_process(model, small[0], count)
-    seconds = 2.0 if args.smoke else 6.0
-    run["floor"] = {"fp32": machine_floor(bucket, MODELS[0], small[0], seconds),
-                    "int8": machine_floor(bucket, f"{MODELS[0]}_int8", small[0], seconds)}
-    # The in-process app writes its request lines to stdout as in production (a pipe there): a
-    # file here, so the terminal shows the results, not thousands of log lines.
+    # The in-process app and registry write their log lines to stdout as in production (a pipe
+    # there): a file here, so the terminal shows the results, not thousands of log lines.
     with open(work / "in-process.log", "a") as log, contextlib.redirect_stdout(log):
+        model = open_model(bucket)
+        run["in_process"] = in_process(model, small[0], count)
+        seconds = 2.0 if args.smoke else 6.0
+        run["floor"] = {"fp32": machine_floor(bucket, MODELS[0], small[0], seconds),
+                        "int8": machine_floor(bucket, f"{MODELS[0]}_int8", small[0], seconds)}
         run["profile"] = request_profile(model, small[0], count, stack.env())
 
     def service(env: dict, name: str) -> Server:
