@@ -261,6 +261,7 @@ class OnnxRuntimeEngine(Engine):
 
     def _shared_pair(self, data: bytes, threads: int) -> OnnxRuntimeNetwork:
         import numpy as np
+        import onnxruntime
 
         from .onnx_rules import external_tensors
 
@@ -280,8 +281,6 @@ class OnnxRuntimeEngine(Engine):
             if tensors is None:  # 8-bit weights, or a type numpy cannot hold: sessions of their own
                 return OnnxRuntimeNetwork(first, self._session(data, self.session_options(threads)))
             del first
-            import onnxruntime
-
             shared = [(name, onnxruntime.OrtValue.ortvalue_from_numpy(array)) for name, array in tensors]
             sessions = []
             for count in (1, threads):
