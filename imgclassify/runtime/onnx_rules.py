@@ -28,13 +28,14 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 FEATURE_OUTPUT = "features"
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _EXTERNAL = 1  # onnx.TensorProto.EXTERNAL
-# onnx.TensorProto.DataType -> bytes per element (FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64,
-# BOOL, FLOAT16, DOUBLE, UINT32, UINT64, BFLOAT16); anything else counts as 4.
-_ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+# onnx.TensorProto.DataType -> (numpy's name for it, bytes per element) for FLOAT, UINT8, INT8,
+# UINT16, INT16, INT32, INT64, BOOL, FLOAT16, DOUBLE, UINT32, UINT64 and BFLOAT16 (which numpy
+# has no type for); anything else counts as 4 bytes.
+_TENSOR_TYPES = {1: ("float32", 4), 2: ("uint8", 1), 3: ("int8", 1), 4: ("uint16", 2), 5: ("int16", 2),
+                 6: ("int32", 4), 7: ("int64", 8), 9: ("bool", 1), 10: ("float16", 2), 11: ("float64", 8),
+                 12: ("uint32", 4), 13: ("uint64", 8), 16: (None, 2)}
+_ITEM_BYTES = {code: size for code, (_, size) in _TENSOR_TYPES.items()}
 _EIGHT_BIT = frozenset({2, 3})  # UINT8, INT8: a quantized graph's weights
-# onnx.TensorProto.DataType -> numpy's name for it (the types numpy holds as they are stored)
-_NUMPY_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
-                10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
 
 # message -> (field, number, type); a type starting with "*" is repeated, a capitalised one a message.
 ONNX_SUBSET: dict[str, list[tuple[str, int, str]]] = {
@@ -223,12 +224,13 @@ def external_tensors(graph: bytes, weights) -> list[tuple[str, object]] | None:
     for tensor in model.graph.initializer:
         if tensor.data_location != _EXTERNAL:
             continue
-        if tensor.data_type in _EIGHT_BIT or tensor.data_type not in _NUMPY_TYPES:
+        numpy_type = _TENSOR_TYPES.get(tensor.data_type, (None, 0))[0]
+        if tensor.data_type in _EIGHT_BIT or numpy_type is None:
             return None
         where = {entry.key: entry.value for entry in tensor.external_data}
         offset, length = int(where.get("offset", 0)), int(where["length"])
         if offset + length > len(weights) or length != _tensor_bytes(tensor):
             raise ValueError(f"tensor {tensor.name!r} lies outside the saved weights")
-        array = weights[offset:offset + length].view(_NUMPY_TYPES[tensor.data_type])
+        array = weights[offset:offset + length].view(numpy_type)
         found.append((tensor.name, array.reshape(tuple(tensor.dims))))
     return found
