@@ -144,7 +144,8 @@ class Engine(ABC):
 
     @abstractmethod
     def build(self, manifest: Manifest, data: bytes) -> Network:
-        """A network from the artifact's checked bytes, in memory (no temporary files)."""
+        """A network from the artifact's checked bytes (ONNX Runtime's optimised graph passes through a
+        temporary directory, deleted before this returns)."""
 
 
 class OnnxRuntimeNetwork(Network):
