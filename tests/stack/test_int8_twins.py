@@ -17,6 +17,7 @@ from imgclassify.publish.cli import main as publish_cli
 from imgclassify.publish.errors import AgreementTooLow
 from imgclassify.publish.quantize import (
     CALIBRATION_PHOTOS,
+    HELD_OUT_CROPS,
     HELD_OUT_PHOTOS,
     MIN_HELD_OUT_CROPS,
     RECIPE,
@@ -33,9 +34,10 @@ pytestmark = pytest.mark.integration
 SOURCE = "efficientnet_lite0"
 TWIN = f"{SOURCE}_int8"
 TAMPERED = "tampered_int8"   # the same twin, with golden answers another host would have given
-# A smaller calibration than the published recipe's keeps this test's CPU time bounded on a
-# shared machine; the agreement it reaches is measured and asserted all the same.
-TEST_RECIPE = replace(RECIPE, calibration_crops=32)
+# A smaller calibration and validation than the published recipe's, and no search for Convs to
+# keep in float (tests/unit/test_int8_recipe.py covers it), keep this test's CPU time bounded on
+# a shared machine; the agreement it reaches is measured and asserted all the same.
+TEST_RECIPE = replace(RECIPE, calibration_crops=32, validation_crops=64, max_float_convs=0)
 TEST_MIN_AGREEMENT = 0.9
 
 
@@ -68,10 +70,15 @@ def test_a_twin_names_its_source_precision_agreement_and_golden_answers_and_obey
     assert twin.metadata["quantized_from"] == {"name": SOURCE, "version": "1",
                                                "sha256": source.artifacts["onnx"].sha256}
     agreement = twin.metadata["agreement"]
-    assert agreement["held_out_crops"] >= MIN_HELD_OUT_CROPS
+    assert agreement["held_out_crops"] == HELD_OUT_CROPS
+    assert MIN_HELD_OUT_CROPS <= agreement["judged_crops"] <= agreement["held_out_crops"]
+    assert agreement["source_noise_stable"] == round(agreement["judged_crops"] / agreement["held_out_crops"], 4)
     assert TEST_MIN_AGREEMENT <= agreement["top1_agreement"] <= 1
+    assert 0.5 < agreement["top1_agreement_all"] <= 1
     assert 0.5 < agreement["top5_overlap"] <= 1 and 0 <= agreement["max_probability_difference"] < 1
-    assert twin.metadata["quantization"]["format"] == "QDQ"
+    quantization = twin.metadata["quantization"]
+    assert quantization["format"] == "QDQ" and quantization["reduce_range"] and quantization["bias_correction"]
+    assert quantization["float_convs"] == [] and quantization["validation"]["crops"] == 64
     assert [entry["photo"] for entry in twin.metadata["golden"]["photos"]] == ["chelsea.png", "coffee.png",
                                                                                "rocket.jpg"]
     assert {name for _, name in HELD_OUT_PHOTOS} >= {"chelsea.png", "coffee.png", "rocket.jpg"}
@@ -126,6 +133,7 @@ def test_quantize_refuses_below_the_asked_agreement_and_writes_nothing(twin_stac
         publish_int8_twin(store, SOURCE, name="refused_int8", recipe=TEST_RECIPE, min_top1_agreement=1,
                           log=lambda _: None)
     assert refused.value.message.startswith("the int8 twin of efficientnet_lite0@1 agrees with it on ")
+    assert " judged held-out crops, " in refused.value.message
     assert refused.value.message.endswith("below --min-top1-agreement 1; nothing was published")
     assert store.list("models/refused_int8/") == []
     assert store.download("models/catalog.json") == before
