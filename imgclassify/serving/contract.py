@@ -159,11 +159,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                           "description": "int8: a twin quantized from the fp32 model in quantized_from."},
             "agreement": {
                 "type": ["object", "null"],
-                "description": "An int8 twin's measured agreement with its source on held-out real-photo crops.",
+                "description": "An int8 twin's measured agreement with its source on held-out real-photo crops. "
+                               "top1_agreement (what publishing is gated on) is over the judged crops: those whose "
+                               "top-1 the source keeps under one 8-bit step of input noise; the other figures are "
+                               "over all held_out_crops.",
                 "properties": {"held_out_crops": {"type": "integer", "minimum": 1},
+                               "judged_crops": {"type": "integer", "minimum": 0},
                                "top1_agreement": {"type": "number", "minimum": 0, "maximum": 1},
+                               "top1_agreement_all": {"type": "number", "minimum": 0, "maximum": 1},
                                "top5_overlap": {"type": "number", "minimum": 0, "maximum": 1},
-                               "max_probability_difference": {"type": "number", "minimum": 0, "maximum": 1}}},
+                               "max_probability_difference": {"type": "number", "minimum": 0, "maximum": 1},
+                               "source_noise_stable": {"type": "number", "minimum": 0, "maximum": 1}}},
             "quantized_from": {"type": ["object", "null"],
                                "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
             "versions": {"type": "array", "items": {"type": "string"}},

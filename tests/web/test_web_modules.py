@@ -248,6 +248,9 @@ def test_an_int8_twin_shows_its_precision_and_measured_agreement_and_an_fp32_mod
                       quantized_from: {name: "lite", version: "2"},
                       agreement: {held_out_crops: 320, top1_agreement: 0.9781, top5_overlap: 0.9125,
                                   max_probability_difference: 0.31}};
+        const judged = {...twin, agreement: {held_out_crops: 640, judged_crops: 571, top1_agreement: 0.9831,
+                                             top1_agreement_all: 0.9047, top5_overlap: 0.9125,
+                                             max_probability_difference: 0.31}};
         const fp32 = {name: "lite", version: "2", input_size: [3, 224, 224]};
         const facts = (model) => {
           const container = document.createElement("div");
@@ -256,12 +259,14 @@ def test_an_int8_twin_shows_its_precision_and_measured_agreement_and_an_fp32_mod
             .map((fact) => [fact.querySelector("dt").textContent, fact.querySelector("dd").textContent]));
         };
         return {twinLabel: modelOptionLabel(twin), fp32Label: modelOptionLabel(fp32), twin: facts(twin),
-                fp32: facts(fp32), none: agreementText(fp32)};
+                fp32: facts(fp32), none: agreementText(fp32), judged: agreementText(judged)};
     """)
     assert result["twinLabel"] == "lite_int8 (v1, int8)"
     assert result["fp32Label"] == "lite (v2)"
     assert result["twin"]["Precision"] == "int8"
     assert result["twin"]["Agreement"] == ("top-1 same as lite@2 on 97.8% of 320 held-out crops, "
                                            "top-5 overlap 91.3%")
+    assert result["judged"] == ("top-1 same as lite@2 on 98.3% of 571 judged held-out crops (90.5% of all 640), "
+                                "top-5 overlap 91.3%")
     assert result["fp32"]["Precision"] == "fp32"
     assert "Agreement" not in result["fp32"] and result["none"] is None

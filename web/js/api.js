@@ -21,8 +21,9 @@
  * @property {number|null} [top1_accuracy]
  * @property {string} [architecture] `library/builder`; `trained/linear_head` for a trained classifier
  * @property {"fp32"|"int8"} [precision] int8: a twin quantized from `quantized_from`
- * @property {{held_out_crops: number, top1_agreement: number, top5_overlap: number,
- *   max_probability_difference: number}|null} [agreement] an int8 twin's measured agreement with its source
+ * @property {{held_out_crops: number, judged_crops?: number, top1_agreement: number, top1_agreement_all?: number,
+ *   top5_overlap: number, max_probability_difference: number, source_noise_stable?: number}|null} [agreement]
+ *   an int8 twin's measured agreement with its source (top-1 on the judged crops, the rest on all)
  * @property {{name: string, version: string}|null} [quantized_from]
  * @property {string[]} [versions]
  */

@@ -54,8 +54,13 @@ export function agreementText(model) {
   const agreement = model.agreement;
   if (!agreement || typeof agreement.top1_agreement !== "number") return null;
   const source = model.quantized_from ? ` ${model.quantized_from.name}@${model.quantized_from.version}` : "";
-  return `top-1 same as${source} on ${percent(agreement.top1_agreement)} of ${agreement.held_out_crops} ` +
-    `held-out crops, top-5 overlap ${percent(agreement.top5_overlap)}`;
+  // judged crops: those whose answer the source keeps under one 8-bit step of input noise
+  const crops = typeof agreement.judged_crops === "number" && typeof agreement.top1_agreement_all === "number"
+    ? `${agreement.judged_crops} judged held-out crops (${percent(agreement.top1_agreement_all)} of all ` +
+      `${agreement.held_out_crops})`
+    : `${agreement.held_out_crops} held-out crops`;
+  return `top-1 same as${source} on ${percent(agreement.top1_agreement)} of ${crops}, ` +
+    `top-5 overlap ${percent(agreement.top5_overlap)}`;
 }
 
 /**
