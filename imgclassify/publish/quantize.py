@@ -247,13 +247,13 @@ class _Reference:
         return agreement(self.probabilities, twin_probabilities, self.judged)
 
 
-def measure(source: bytes, twin: bytes, preprocessing: Preprocessing, output: str,
+def measure(source, twin, preprocessing: Preprocessing, output: str,
             crops: int = HELD_OUT_CROPS, seed: int = HELD_OUT_SEED) -> dict:
-    """:func:`agreement` of ``twin`` with ``source`` on ``crops`` crops of the held-out photos
-    (:func:`crop_set`), judged where the source is :func:`noise_stable`."""
-    reference = _Reference.of(session(source, threads=1), crop_set(HELD_OUT_PHOTOS, crops, preprocessing, seed),
-                              preprocessing, output, seed)
-    measured = reference.agreement(scores(run_batches(session(twin, threads=1), reference.crops), output))
+    """:func:`agreement` of the ``twin`` session with the ``source`` session on ``crops`` crops of
+    the held-out photos (:func:`crop_set`), judged where the source is :func:`noise_stable`."""
+    reference = _Reference.of(source, crop_set(HELD_OUT_PHOTOS, crops, preprocessing, seed), preprocessing,
+                              output, seed)
+    measured = reference.agreement(scores(run_batches(twin, reference.crops), output))
     return {**measured, "source_noise_stable": round(float(reference.judged.mean()), 4)}
 
 
@@ -513,7 +513,8 @@ def publish_int8_twin(store: ObjectStore, ref: str, *, name: str | None = None, 
         check_onnx(twin)
     except OnnxRuleViolation as error:
         raise PublishError(f"the quantized graph breaks a serving rule: {error}") from None
-    measured = measure(data, twin, preprocessing, output)
+    twin_session = session(twin, threads=1)
+    measured = measure(fp32, twin_session, preprocessing, output)
     log(f"{source_name}@{source_version} -> int8 in {time.perf_counter() - started:.0f} s, "
         f"{len(search['float_convs'])} Convs in float: top-1 agreement {measured['top1_agreement']:.2%} on "
         f"{measured['judged_crops']} judged held-out crops ({measured['top1_agreement_all']:.2%} on all "
@@ -530,8 +531,8 @@ def publish_int8_twin(store: ObjectStore, ref: str, *, name: str | None = None, 
             f"{measured['judged_crops']} of {measured['held_out_crops']} held-out crops, fewer than the "
             f"{MIN_HELD_OUT_CROPS} a verdict needs; nothing was published")
     png = golden_png(preprocessing)
-    golden = golden_entries(scores(run_batches(session(twin, threads=1), golden_batch(png, preprocessing)),
-                                   output), [name for _, name in GOLDEN_PHOTOS])
+    golden = golden_entries(scores(run_batches(twin_session, golden_batch(png, preprocessing)), output),
+                            [name for _, name in GOLDEN_PHOTOS])
     manifest = replace(
         source, name=name, version=version, artifacts={}, published_at="", publish_id="",
         architecture=Architecture("onnx", f"int8 twin of {source_name}@{source_version}"),
