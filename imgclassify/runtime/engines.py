@@ -23,7 +23,8 @@ Fork safety: functions-framework imports the function in gunicorn's parent proce
 the worker after. A runtime's thread pool does not survive a fork (ONNX Runtime silently runs
 single-threaded in the child; PyTorch's OpenMP pool can hang), so a :class:`Network` is built
 lazily from the verified bytes, in the process that first runs it. The preload before the
-fork downloads and verifies; :meth:`Network.build` then runs in the worker.
+fork downloads and verifies, and may do an engine's :meth:`Engine.prepare` (work that starts no
+thread); :meth:`Engine.build` then runs in the worker.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -121,6 +123,14 @@ class Network(ABC):
                                     "does")
 
 
+class Prepared(ABC):
+    """The part of a build an engine did ahead, before a fork (:meth:`Engine.prepare`)."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Free what it holds outside this process's memory (no build will use it)."""
+
+
 class Engine(ABC):
     name: str
     artifact: str  # which of the manifest's artifacts this engine runs
@@ -142,10 +152,16 @@ class Engine(ABC):
     def check(self, manifest: Manifest, data: bytes) -> int:
         """Refuse bytes this engine must not run (IntegrityError); return the memory their weights take."""
 
+    def prepare(self, manifest: Manifest, data: bytes) -> Prepared | None:
+        """Do the part of :meth:`build` that is safe before a fork (it starts no thread) now; None if
+        there is none. The build of the same bytes takes it, in this process or a forked one."""
+        return None
+
     @abstractmethod
-    def build(self, manifest: Manifest, data: bytes) -> Network:
-        """A network from the artifact's checked bytes (ONNX Runtime's optimised graph passes through a
-        temporary directory, deleted before this returns)."""
+    def build(self, manifest: Manifest, data: bytes, prepared: Prepared | None = None) -> Network:
+        """A network from the artifact's checked bytes, and what :meth:`prepare` did of it for these
+        same bytes, if anything (ONNX Runtime's optimised graph passes through a temporary directory,
+        deleted before this returns)."""
 
 
 class OnnxRuntimeNetwork(Network):
@@ -224,7 +240,19 @@ class OnnxRuntimeEngine(Engine):
         pair = self.options.intra_op_threads() > 1 and signature.eight_bit_weights
         return signature.initializer_bytes * (2 if pair else 1)
 
-    def build(self, manifest: Manifest, data: bytes) -> Network:
+    def prepare(self, manifest: Manifest, data: bytes) -> OptimisedGraph | None:
+        """ONNX Runtime's optimisation of a float graph with its weights shared (see :meth:`build`),
+        most of a build's time, done on one thread, which starts no pool. None if the build would not
+        share weights (one thread to give; 8-bit weights)."""
+        if self.options.intra_op_threads() <= 1:
+            return None
+        optimised, _ = self._optimise(data)
+        if optimised.tensors is None:
+            optimised.discard()
+            return None
+        return optimised
+
+    def build(self, manifest: Manifest, data: bytes, prepared: Prepared | None = None) -> Network:
         """The narrow and wide sessions of ``data``.
 
         Float weights are shared: ONNX Runtime optimises the graph once (fusions, the CPU's
@@ -238,7 +266,7 @@ class OnnxRuntimeEngine(Engine):
         threads = self.options.intra_op_threads()
         if threads > 1:
             try:
-                return self._shared_pair(data, threads)
+                return self._shared_pair(data, threads, prepared if isinstance(prepared, OptimisedGraph) else None)
             except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
                 # no temporary directory, or a graph the runtime cannot save: one session serves
                 # every forward, as long as the model itself loads
@@ -260,29 +288,42 @@ class OnnxRuntimeEngine(Engine):
         session._model_bytes = None
         return session
 
-    def _shared_pair(self, data: bytes, threads: int) -> OnnxRuntimeNetwork:
+    def _optimise(self, data: bytes):
+        """``data``'s graph as ONNX Runtime optimises it, in a new temporary directory, and the one-thread
+        session that optimised it."""
         import numpy as np
-        import onnxruntime
 
         from .onnx_rules import external_tensors
 
-        with tempfile.TemporaryDirectory(prefix="imgclassify-onnx-") as work:
-            optimised = self.session_options(1)
-            optimised.optimized_model_filepath = os.path.join(work, "model.onnx")
-            optimised.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                               _WEIGHTS_FILE)
-            optimised.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                               "64")
-            first = self._session(data, optimised)
-            with open(optimised.optimized_model_filepath, "rb") as handle:
+        directory = tempfile.mkdtemp(prefix="imgclassify-onnx-")
+        try:
+            options = self.session_options(1)
+            options.optimized_model_filepath = os.path.join(directory, OptimisedGraph.GRAPH_FILE)
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             OptimisedGraph.WEIGHTS_FILE)
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "64")
+            first = self._session(data, options)
+            with open(options.optimized_model_filepath, "rb") as handle:
                 graph = handle.read()
-            weights = os.path.join(work, _WEIGHTS_FILE)  # not written when every tensor is tiny
+            weights = os.path.join(directory, OptimisedGraph.WEIGHTS_FILE)  # not written when every tensor is tiny
             blob = np.fromfile(weights, dtype=np.uint8) if os.path.exists(weights) else np.empty(0, np.uint8)
-            tensors = external_tensors(graph, blob)
-            if tensors is None:  # 8-bit weights, or a type numpy cannot hold: sessions of their own
-                return OnnxRuntimeNetwork(first, self._session(data, self.session_options(threads)))
+            return OptimisedGraph(directory, blob, external_tensors(graph, blob)), first
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    def _shared_pair(self, data: bytes, threads: int, optimised: OptimisedGraph | None = None) -> OnnxRuntimeNetwork:
+        import onnxruntime
+
+        first = None
+        if optimised is None or not optimised.on_disk():  # e.g. a second worker, forked after the first's build
+            optimised, first = self._optimise(data)
+        try:
+            if optimised.tensors is None:  # 8-bit weights, or a type numpy cannot hold: sessions of their own
+                return OnnxRuntimeNetwork(first or self._session(data, self.session_options(1)),
+                                          self._session(data, self.session_options(threads)))
             del first
-            shared = [(name, onnxruntime.OrtValue.ortvalue_from_numpy(array)) for name, array in tensors]
+            shared = [(name, onnxruntime.OrtValue.ortvalue_from_numpy(array)) for name, array in optimised.tensors]
             sessions = []
             for count in (1, threads):
                 options = self.session_options(count)
@@ -292,11 +333,38 @@ class OnnxRuntimeEngine(Engine):
                     options.add_initializer(name, value)
                 # built from the file while the weights file is there (ONNX Runtime checks that it
                 # exists); every tensor in it is given above, so it is not read
-                sessions.append(self._session(optimised.optimized_model_filepath, options))
-        return OnnxRuntimeNetwork(*sessions, weights=(blob, shared))
+                sessions.append(self._session(optimised.graph_path, options))
+        finally:
+            optimised.discard()
+        return OnnxRuntimeNetwork(*sessions, weights=(optimised.blob, shared))
 
 
-_WEIGHTS_FILE = "weights.bin"
+@dataclass
+class OptimisedGraph(Prepared):
+    """ONNX Runtime's optimised graph of one model, in ``directory`` beside its weights file, and those
+    weights read back as arrays over one buffer (``tensors``; None for 8-bit weights, which each
+    session packs for itself). A plain directory rather than a TemporaryDirectory: one prepared
+    before a fork is used and deleted by the forked worker's build, and the parent must not delete
+    it when it lets go of its copy."""
+
+    GRAPH_FILE = "model.onnx"
+    WEIGHTS_FILE = "weights.bin"
+
+    directory: str
+    blob: np.ndarray
+    tensors: list[tuple[str, np.ndarray]] | None
+
+    @property
+    def graph_path(self) -> str:
+        return os.path.join(self.directory, self.GRAPH_FILE)
+
+    def on_disk(self) -> bool:
+        return os.path.exists(self.graph_path)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 
 
 class TorchNetwork(Network):
@@ -333,7 +401,7 @@ class TorchEngine(Engine):
                                  f"file: {error}") from None
         return sum(len(tensor["data"]) for _, tensor in tensors)
 
-    def build(self, manifest: Manifest, data: bytes) -> Network:
+    def build(self, manifest: Manifest, data: bytes, prepared: Prepared | None = None) -> Network:
         import torch
         from safetensors.torch import load
 

@@ -18,7 +18,7 @@ from imgclassify.store.catalog import Manifest, verify_artifact, version_dir
 from imgclassify.store.objects import ObjectStore
 from imgclassify.store.snapshot import ModelSnapshot, SnapshotLook
 
-from .engines import MIGRATE_COMMAND, Engine, EngineOptions, Network, engine_for
+from .engines import MIGRATE_COMMAND, Engine, EngineOptions, Network, Prepared, engine_for
 from .golden import check_golden
 from .scores import l2_normalised, scores, top_k
 
@@ -42,6 +42,7 @@ class LoadedModel:
     load_ms: dict[str, float] = field(default_factory=dict)
     _data: bytes | None = field(default=None, repr=False)
     _golden: bytes | None = field(default=None, repr=False)   # golden.png of an int8 twin, until checked
+    _prepared: Prepared | None = field(default=None, repr=False)  # what the engine did of the build ahead
     _network: Network | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -61,7 +62,7 @@ class LoadedModel:
         with self._lock:
             if self._network is None:
                 started = time.perf_counter()
-                network = self.engine.build(self.manifest, self._data)
+                network = self.engine.build(self.manifest, self._data, self._prepared)
                 built = time.perf_counter()
                 crop = self.manifest.preprocessing.crop_size
                 rows = network.run(np.zeros((1, 3, crop, crop), dtype=np.float32))
@@ -75,9 +76,23 @@ class LoadedModel:
                                  self._golden, self.manifest.preprocessing, self.manifest.output, network.run)
                 self.load_ms["build"] = round((built - started) * 1000, 1)
                 self.load_ms["warmup"] = round((time.perf_counter() - built) * 1000, 1)
-                self._network, self._data, self._golden = network, None, None
+                self._network, self._data, self._golden, self._prepared = network, None, None, None
                 release_free_memory()  # the bytes and the runtime's build buffers are gone: return their pages
             return self._network
+
+    def adopt(self, ahead: PreparedAhead) -> bool:
+        """Take ``ahead`` for the build if it was made from this model's bytes by its engine (matching
+        sha256); False if not, and the caller discards it."""
+        artifact = self.manifest.artifacts[self.engine.artifact]
+        if self._network is not None or (ahead.engine, ahead.sha256) != (self.engine.name, artifact.sha256):
+            return False
+        self._prepared = ahead.prepared
+        self.load_ms["prepared_ahead"] = ahead.ms
+        return True
+
+    def forget_prepared(self) -> None:
+        """Let go of what was prepared, without discarding it (a forked worker's build still uses it)."""
+        self._prepared = None
 
     def prepare(self, data: bytes, *, max_pixels: int) -> np.ndarray:
         """Encoded image bytes to this model's input: safe decode (JPEG draft mode down to what
@@ -126,6 +141,50 @@ class LoadedModel:
     def embed(self, inputs: list[np.ndarray]) -> np.ndarray:
         """L2-normalised penultimate features of preprocessed inputs (unit rows; a zero row stays zero)."""
         return l2_normalised(self.features(inputs))
+
+
+@dataclass(frozen=True)
+class PreparedAhead:
+    """What an engine did of a build ahead of the load (:func:`prepare_snapshot`), and of which bytes."""
+
+    engine: str
+    sha256: str
+    prepared: Prepared
+    ms: float   # how long preparing took (beside the catalog read, not after it)
+
+    def discard(self) -> None:
+        self.prepared.discard()
+
+
+def prepare_snapshot(snapshot: ModelSnapshot, options: EngineOptions) -> PreparedAhead | None:
+    """Read ``snapshot``'s files (:meth:`ModelSnapshot.prefetch`) and do the fork-safe part of its
+    model's build (:meth:`Engine.prepare`) before the catalog says whether the snapshot serves.
+
+    A start-up thread runs this beside the main thread's imports and catalog read (file reads,
+    hashing and ONNX Runtime's optimisation release the GIL). The engine checks the bytes before
+    it prepares anything from them, as the load does. The load later takes the snapshot's
+    bytes only if the store's manifest has their sha256, and the model adopts the result only for
+    those same bytes (:meth:`LoadedModel.adopt`); otherwise it is discarded. None if there is
+    nothing to prepare, or preparing failed (logged: the build then does all of it).
+    """
+    started = time.perf_counter()
+    snapshot.prefetch()
+    held, _ = snapshot.manifest()
+    if held is None:
+        return None
+    try:
+        engine = engine_for(held, options)
+        read = snapshot.prefetched(engine.artifact)
+        if read is None:
+            return None
+        engine.check(held, read[0])  # the rules every served graph obeys, before the runtime parses it
+        prepared = engine.prepare(held, read[0])
+    except Exception as error:  # noqa: BLE001 - an optimisation; the build will say what is wrong
+        log.warning("could not prepare %s@%s from the snapshot ahead: %s", held.name, held.version, error)
+        return None
+    if prepared is None:
+        return None
+    return PreparedAhead(engine.name, read[1], prepared, round((time.perf_counter() - started) * 1000, 1))
 
 
 def _batch(inputs: list[np.ndarray]) -> np.ndarray:

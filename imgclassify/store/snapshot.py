@@ -89,6 +89,10 @@ class ModelSnapshot:
                     continue  # take() reads it again and says why it cannot
                 self._read[kind] = (data, hashlib.sha256(data).hexdigest())
 
+    def prefetched(self, kind: str) -> tuple[bytes, str] | None:
+        """The bytes of ``kind`` :meth:`prefetch` read and their sha256, not yet verified; None if none."""
+        return self._read.get(kind)
+
     def release(self) -> None:
         """Drop what :meth:`prefetch` read (a start that loads no model from the snapshot)."""
         self._read.clear()

@@ -20,7 +20,7 @@ from imgclassify.runtime.scores import scores
 from imgclassify.settings import Settings
 from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, onnx_object, read_manifest
 from imgclassify.store.objects import GcsStore, LocalStore
-from tests.support.onnx_graphs import colour_classifier, serialized
+from tests.support.onnx_graphs import colour_classifier, serialized, with_subgraph
 
 LABELS = ("red", "green", "blue")
 
@@ -139,7 +139,7 @@ def test_without_a_temporary_directory_one_session_serves_every_forward(store, m
     def no_directory(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_directory)
+    monkeypatch.setattr(tempfile, "mkdtemp", no_directory)
     graph = colour_classifier(40)
 
     network = OnnxRuntimeEngine(EngineOptions(threads=2)).build(publish_graph(store, graph), serialized(graph))
@@ -148,6 +148,87 @@ def test_without_a_temporary_directory_one_session_serves_every_forward(store, m
     assert network.wide.get_session_options().intra_op_num_threads == 2
     assert network.run(np.zeros((1, 3, 8, 8), dtype=np.float32)).shape == (1, 40)
     assert "one session for every forward" in caplog.text
+
+
+def test_a_graph_prepared_ahead_builds_without_optimising_again_and_its_files_go(store, monkeypatch):
+    graph = colour_classifier(40)
+    engine = OnnxRuntimeEngine(EngineOptions(threads=2))
+    manifest = publish_graph(store, graph)
+    prepared = engine.prepare(manifest, serialized(graph))
+    assert prepared.on_disk()
+    monkeypatch.setattr(engine, "_optimise", lambda data: pytest.fail("optimised twice"))
+
+    network = engine.build(manifest, serialized(graph), prepared)
+
+    batch = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)
+    again = OnnxRuntimeEngine(EngineOptions(threads=2)).build(manifest, serialized(graph))
+    assert np.array_equal(network.run(batch), again.run(batch))
+    assert network.narrow is not network.wide and not prepared.on_disk()
+
+
+def test_a_prepared_graph_whose_files_are_gone_is_optimised_again(store):
+    """A second worker forked after the first one's build deleted them."""
+    graph = colour_classifier(40)
+    engine = OnnxRuntimeEngine(EngineOptions(threads=2))
+    manifest = publish_graph(store, graph)
+    prepared = engine.prepare(manifest, serialized(graph))
+    prepared.discard()
+
+    network = engine.build(manifest, serialized(graph), prepared)
+
+    assert network.narrow is not network.wide
+    assert network.run(np.zeros((1, 3, 8, 8), dtype=np.float32)).shape == (1, 40)
+
+
+def forty_classes(version: str = "1") -> Manifest:
+    return replace(manifest_with("onnx"), version=version, labels=tuple(f"class {i}" for i in range(40)))
+
+
+def snapshot_of(store, tmp_path, graph: onnx.ModelProto):
+    from imgclassify.store.snapshot import ModelSnapshot, write_snapshot
+
+    publish(store, forty_classes(), {"onnx": serialized(graph)}, make_default=True)
+    write_snapshot(store, tmp_path / "model_snapshot")
+    return ModelSnapshot(tmp_path / "model_snapshot")
+
+
+def test_a_snapshot_prepared_ahead_is_adopted_by_the_model_loaded_from_its_bytes(store, tmp_path):
+    from imgclassify.runtime.models import prepare_snapshot
+
+    snapshot = snapshot_of(store, tmp_path, colour_classifier(40))
+    options = EngineOptions(threads=2)
+    ahead = prepare_snapshot(snapshot, options)
+    model = load_model(store, read_manifest(store, "tiny", "1"), options, snapshot)
+
+    assert model.adopt(ahead) and "prepared_ahead" in model.load_ms
+    model.network()
+    assert not ahead.prepared.on_disk()
+
+
+def test_a_model_of_other_bytes_does_not_adopt_what_was_prepared(store, tmp_path):
+    from imgclassify.runtime.models import prepare_snapshot
+
+    snapshot = snapshot_of(store, tmp_path, colour_classifier(40))
+    ahead = prepare_snapshot(snapshot, EngineOptions(threads=2))
+    publish(store, forty_classes("2"), {"onnx": serialized(colour_classifier(40, seed=1))})
+    other = load_model(store, read_manifest(store, "tiny", "2"), EngineOptions(threads=2), snapshot)
+
+    assert not other.adopt(ahead) and "prepared_ahead" not in other.load_ms
+
+
+def test_a_snapshot_graph_that_breaks_the_rules_is_not_handed_to_the_runtime_ahead(store, tmp_path, caplog):
+    from imgclassify.runtime.models import prepare_snapshot
+
+    snapshot = snapshot_of(store, tmp_path, colour_classifier(40))
+    (snapshot.directory / "model.onnx").write_bytes(serialized(with_subgraph(colour_classifier(40), "/etc/shadow")))
+
+    assert prepare_snapshot(snapshot, EngineOptions(threads=2)) is None
+    assert "could not prepare tiny@1 from the snapshot ahead" in caplog.text and "external data" in caplog.text
+
+
+def test_nothing_is_prepared_for_one_engine_thread(store):
+    graph = colour_classifier(40)
+    assert OnnxRuntimeEngine(EngineOptions(threads=1)).prepare(publish_graph(store, graph), serialized(graph)) is None
 
 
 def test_one_engine_thread_builds_one_session_for_every_forward(store):
