@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from bench_photos import photos  # noqa: E402
 
 from devstack.emulator import StorageEmulator  # noqa: E402
-from devstack.processes import free_port, spawn, stop  # noqa: E402
+from devstack.processes import free_port, spawn, stop, wait_for_port  # noqa: E402
 from devstack.stack import function_command  # noqa: E402
 
 MODEL = "efficientnet_lite0"
@@ -57,18 +57,11 @@ def cold_start(command: list[str], env: dict, path: str, image: tuple[bytes, str
         started = time.monotonic()
         process = spawn(command, env=env, stdout=output, stderr=subprocess.STDOUT)
         try:
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{command[0]} exited with {process.returncode}; see {log}")
-                if time.monotonic() - started > 300:
-                    raise TimeoutError(f"{url} did not answer in 300 s; see {log}")
-                try:
-                    response = session.post(url, data=image[0], headers={"Content-Type": image[1]}, timeout=300)
-                    if response.status_code == 200:
-                        return (time.monotonic() - started) * 1000
-                    raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
-                except requests.ConnectionError:
-                    time.sleep(0.005)
+            wait_for_port(port, process)
+            response = session.post(url, data=image[0], headers={"Content-Type": image[1]}, timeout=300)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}; see {log}")
+            return (time.monotonic() - started) * 1000
         finally:
             stop(process)
 

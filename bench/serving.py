@@ -53,7 +53,7 @@ from bench_photos import photos  # noqa: E402
 from floor import machine_floor  # noqa: E402
 
 from devstack.emulator import StorageEmulator  # noqa: E402
-from devstack.processes import free_port, rss_kib, spawn, stop, wait_until_answers  # noqa: E402
+from devstack.processes import free_port, rss_kib, spawn, stop, wait_for_port, wait_until_answers  # noqa: E402
 from devstack.stack import LocalStack, function_command  # noqa: E402
 
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -189,17 +189,10 @@ class Server:
         output = open(log, "ab") if log else subprocess.DEVNULL
         self.process = spawn(args, env={**os.environ, **env}, cwd=cwd, stdout=output, stderr=output)
         self.log = log
-        session = requests.Session()
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{args[0]} exited with {self.process.returncode}")
-            if time.monotonic() - started > 300:
-                raise TimeoutError(f"{self.url} did not answer in 300 s")
-            try:
-                if session.post(self.url, data=image[0], headers={"Content-Type": image[1]}, timeout=300).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.005)
+        wait_for_port(self.port, self.process)
+        response = requests.post(self.url, data=image[0], headers={"Content-Type": image[1]}, timeout=300)
+        if not response.ok:
+            raise RuntimeError(f"{self.url}: {response.status_code} {response.text[:300]}")
         self.first_answer_ms = round((time.monotonic() - started) * 1000)
 
     def cpu_seconds(self) -> float:
