@@ -153,8 +153,10 @@ class Engine(ABC):
         """Refuse bytes this engine must not run (IntegrityError); return the memory their weights take."""
 
     def prepare(self, manifest: Manifest, data: bytes) -> Prepared | None:
-        """Do the part of :meth:`build` that is safe before a fork (it starts no thread) now; None if
-        there is none. The build of the same bytes takes it, in this process or a forked one."""
+        """Do the part of :meth:`build` that is safe before a fork (it starts no thread) now, on bytes
+        not yet verified against a manifest: refuse them as :meth:`check` would before parsing them
+        further. None if there is nothing to do. The build of the same bytes takes it, in this
+        process or a forked one."""
         return None
 
     @abstractmethod
@@ -229,22 +231,27 @@ class OnnxRuntimeEngine(Engine):
         options.log_severity_level = 3
         return options
 
-    def check(self, manifest: Manifest, data: bytes) -> int:
+    @staticmethod
+    def _signature(manifest: Manifest, data: bytes):
         from .onnx_rules import OnnxRuleViolation, check_onnx
 
         try:
-            signature = check_onnx(data)
+            return check_onnx(data)
         except OnnxRuleViolation as error:
             raise IntegrityError(f"model.onnx of {manifest.name}@{manifest.version} is refused: {error}") from None
+
+    def check(self, manifest: Manifest, data: bytes) -> int:
+        signature = self._signature(manifest, data)
         # 8-bit weights are packed by each session of their own (see build)
         pair = self.options.intra_op_threads() > 1 and signature.eight_bit_weights
         return signature.initializer_bytes * (2 if pair else 1)
 
     def prepare(self, manifest: Manifest, data: bytes) -> OptimisedGraph | None:
         """ONNX Runtime's optimisation of a float graph with its weights shared (see :meth:`build`),
-        most of a build's time, done on one thread, which starts no pool. None if the build would not
-        share weights (one thread to give; 8-bit weights)."""
-        if self.options.intra_op_threads() <= 1:
+        most of a build's time, done on one thread, which starts no pool. The bytes are checked
+        first, as :meth:`check` does (IntegrityError), so the runtime never parses a graph the rules
+        refuse. None if the build would not share weights (one thread to give; 8-bit weights)."""
+        if self.options.intra_op_threads() <= 1 or self._signature(manifest, data).eight_bit_weights:
             return None
         optimised, _ = self._optimise(data)
         if optimised.tensors is None:

@@ -177,7 +177,6 @@ def prepare_snapshot(snapshot: ModelSnapshot, options: EngineOptions) -> Prepare
         read = snapshot.prefetched(engine.artifact)
         if read is None:
             return None
-        engine.check(held, read[0])  # the rules every served graph obeys, before the runtime parses it
         prepared = engine.prepare(held, read[0])
     except Exception as error:  # noqa: BLE001 - an optimisation; the build will say what is wrong
         log.warning("could not prepare %s@%s from the snapshot ahead: %s", held.name, held.version, error)

@@ -226,6 +226,27 @@ def test_a_snapshot_graph_that_breaks_the_rules_is_not_handed_to_the_runtime_ahe
     assert "could not prepare tiny@1 from the snapshot ahead" in caplog.text and "external data" in caplog.text
 
 
+def eight_bit(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its weight stored as int8 and dequantized in the graph (as a QDQ twin stores it)."""
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    weight = next(tensor for tensor in quantized.graph.initializer if tensor.name == "weight")
+    values = numpy_helper.to_array(weight)
+    scale = np.float32(np.abs(values).max() / 127)
+    weight.CopyFrom(numpy_helper.from_array(np.round(values / scale).astype(np.int8), "weight_int8"))
+    quantized.graph.initializer.extend([numpy_helper.from_array(np.array(scale), "weight_scale")])
+    quantized.graph.node.insert(0, helper.make_node("DequantizeLinear", ["weight_int8", "weight_scale"], ["weight"]))
+    return quantized
+
+
+def test_nothing_is_prepared_for_an_eight_bit_graph_whose_sessions_each_pack_their_weights(store, monkeypatch):
+    graph = eight_bit(colour_classifier(40))
+    engine = OnnxRuntimeEngine(EngineOptions(threads=2))
+    monkeypatch.setattr(engine, "_optimise", lambda data: pytest.fail("optimised for nothing"))
+
+    assert engine.prepare(publish_graph(store, graph), serialized(graph)) is None
+
+
 def test_nothing_is_prepared_for_one_engine_thread(store):
     graph = colour_classifier(40)
     assert OnnxRuntimeEngine(EngineOptions(threads=1)).prepare(publish_graph(store, graph), serialized(graph)) is None
