@@ -21,5 +21,15 @@ Entry points:
 * ``python -m imgclassify.publish`` publishes, lists and removes models;
 * ``python -m imgclassify.batch`` classifies a bucket prefix.
 
-Importing this package imports nothing: each function loads only the parts it serves.
+Importing this package imports nothing: each function loads only the parts it serves. It does
+one thing: it turns ONNX Runtime's telemetry off (below) unless ``ORT_DISABLE_TELEMETRY`` is set.
 """
+
+import os
+
+# ONNX Runtime's Linux wheels (1.29 and later) collect telemetry by default: a device id and an
+# event store under ~/.cache/Microsoft, session and model events queued for upload to Microsoft.
+# A classification service must not send its operators' model details anywhere, and nothing here
+# may connect beyond 127.0.0.1. The runtime reads this variable once, when it is first imported,
+# so it is set where every entry point passes before any part of the package imports it.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
