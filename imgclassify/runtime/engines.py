@@ -372,8 +372,6 @@ class OptimisedGraph(Prepared):
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-
-
 class TorchNetwork(Network):
     def __init__(self, module) -> None:
         self.module = module
