@@ -27,10 +27,11 @@ still that version. A store that cannot be read stops the build (a bundle that s
 its snapshot would only start slower); ``--no-snapshot`` builds without one. A store with no
 model published yet (a first deploy) gives a bundle without a snapshot and a warning.
 
-The Makefile (``make bundles``) and Cloud Build both call this script; without ``--store`` it
-needs only the standard library (a ``gs://`` store needs google-cloud-storage: the venv's
-Python). ``--freeze`` rewrites functions/requirements.txt from the versions installed in the
-running environment.
+The Makefile (``make bundles``) and Cloud Build both call this script; it needs only the
+standard library. A ``gs://`` store is read with google-cloud-storage where the Python running
+it has the library (the venv's), else with the gcloud CLI (Cloud Build's deploy step).
+``--freeze`` rewrites functions/requirements.txt from the versions installed in the running
+environment.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import ast
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tomllib
 import zipfile
@@ -47,8 +49,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from imgclassify.errors import (  # noqa: E402 - standard library only
+    ObjectNotFound,
+    ServiceError,
+    StorageUnavailable,
+    UnknownModel,
+)
 from imgclassify.serving.routes import FUNCTIONS  # noqa: E402 - the one list of functions (standard library only)
 from imgclassify.settings import declared  # noqa: E402 - standard library only
+from imgclassify.store.objects import (  # noqa: E402 - standard library only (the client is imported on use)
+    ObjectStore,
+    StoredObject,
+    open_store,
+    split_gs_uri,
+)
+from imgclassify.store.snapshot import write_snapshot  # noqa: E402 - standard library only
 
 PACKAGE = "imgclassify"
 PINS_FILE = REPO / "functions" / "requirements.txt"
@@ -184,28 +199,63 @@ def write_deterministic_zip(source_dir: Path, zip_path: Path) -> None:
             archive.writestr(entry, path.read_bytes(), compresslevel=9)
 
 
+class GcloudStore(ObjectStore):
+    """A read-only view of ``gs://bucket[/prefix]`` through the gcloud CLI, for a Python without
+    the storage client (Cloud Build's cloud-sdk image, which runs deploy.sh): gcloud brings the
+    deployer's credentials and its own retries. Enough for ``write_snapshot``, which only reads."""
+
+    def __init__(self, location: str, gcloud: str = "gcloud") -> None:
+        bucket, prefix = split_gs_uri(location)
+        self.uri = f"gs://{bucket}/{prefix.strip('/')}".rstrip("/")
+        self.gcloud = gcloud
+
+    def read(self, name: str) -> StoredObject:
+        uri = f"{self.uri}/{name}"
+        done = subprocess.run([self.gcloud, "storage", "cat", uri], capture_output=True, timeout=900)
+        if done.returncode == 0:
+            return StoredObject(done.stdout, 0)  # generation unread: this store never writes
+        said = " ".join(done.stderr.decode(errors="replace").split())
+        if "matched no objects" in said:
+            raise ObjectNotFound(f"{uri} does not exist")
+        raise StorageUnavailable(f"gcloud storage cat {uri} failed: {said[-300:]}")
+
+    def _reads_only(self, *args, **kwargs):
+        raise NotImplementedError("the gcloud view of a store reads whole objects only")
+
+    info = list = write = delete = _reads_only
+
+
+def snapshot_source(store_location: str) -> tuple[ObjectStore, str]:
+    """The store to take the snapshot from, and how it is read: the storage client where this
+    Python has it (or for a directory), else the gcloud CLI for a ``gs://`` store."""
+    if store_location.startswith("gs://"):
+        try:
+            import google.cloud.storage  # noqa: F401 - only whether it is there
+        except ImportError:
+            if shutil.which("gcloud") is None:
+                raise SystemExit(f"cannot read {store_location}: this Python has no google-cloud-storage and "
+                                 "there is no gcloud on PATH (run this script with the venv's Python, "
+                                 "or build with --no-snapshot)") from None
+            return GcloudStore(store_location), "read with gcloud, verified"
+    return open_store(store_location), "verified"
+
+
 def add_snapshot(bundle: Path, store_location: str, default_model: str | None = None) -> str:
     """Write the store's default model into ``bundle``'s snapshot directory; say what was done.
 
     SystemExit when the store cannot be read; a store with nothing published gives no snapshot.
     """
-    from imgclassify.errors import ServiceError, UnknownModel
-    from imgclassify.store.objects import open_store
-    from imgclassify.store.snapshot import write_snapshot
-
     directory = bundle / declared("MODEL_SNAPSHOT_DIR").default
+    store, how = snapshot_source(store_location)
     try:
-        manifest = write_snapshot(open_store(store_location), directory, default_model)
+        manifest = write_snapshot(store, directory, default_model)
     except UnknownModel as error:
         return f"warning: no model snapshot ({error.message}); instances download their default model"
-    except ImportError as error:
-        raise SystemExit(f"cannot read {store_location}: {error} (run this script with the venv's Python, "
-                         "or build with --no-snapshot)") from None
     except ServiceError as error:  # storage unavailable, no credentials, forbidden, a corrupt file
         raise SystemExit(f"cannot take the model snapshot from {store_location}: {error.message}; "
                          "build with --no-snapshot to deploy without one") from None
     size = sum(path.stat().st_size for path in directory.iterdir())
-    return f"model snapshot {manifest.name}@{manifest.version} from {store_location} ({size} bytes, verified)"
+    return f"model snapshot {manifest.name}@{manifest.version} from {store_location} ({size} bytes, {how})"
 
 
 def build_bundle(function: str, out_dir: Path, snapshot_store: str | None = None,

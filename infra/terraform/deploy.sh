@@ -13,11 +13,13 @@
 #        infra/terraform/deploy.sh my-project-imgclassify-tfstate imgclassify -auto-approve
 #
 # It builds the function bundles from this checkout first (scripts/build_bundles.py), so what
-# deploys is always the tree the script runs from. Needs gcloud, terraform and Python 3.11.
+# deploys is always the tree the script runs from; with MODEL_STORE set (Cloud Build sets it),
+# classify's carries a verified snapshot of that store's default model. Needs gcloud, terraform
+# and Python 3.11.
 set -euo pipefail
 
 if [ $# -lt 1 ] || [[ $1 == -* ]]; then
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 state_bucket=$1

@@ -75,6 +75,20 @@ def test_cloudbuild_applies_the_operators_settings_and_nothing_of_its_own_but_th
                                                 "_BATCH_BASE_TARGET"}
 
 
+def test_cloudbuild_deploys_a_snapshot_of_the_default_model_from_the_weights_bucket_the_state_names(cloudbuild):
+    steps = {step["id"]: step for step in cloudbuild["steps"]}
+    reads_the_state = steps["image-repository"]["args"][-1]
+    assert "terraform output -raw weights_bucket > /workspace/weights-bucket.txt" in reads_the_state
+    assert 'output "weights_bucket"' in (TERRAFORM_DIR / "outputs.tf").read_text()
+    deploy = steps["deploy"]["args"][-1]
+    exported = deploy.index('export MODEL_STORE="gs://$$(cat /workspace/weights-bucket.txt)"')
+    assert exported < deploy.index("infra/terraform/deploy.sh")
+    # deploy.sh builds the bundles with this image's Python, which has no storage client: the
+    # script reads the store with gcloud then (tests/infra/test_deploy_script.py)
+    assert steps["deploy"]["name"].startswith("gcr.io/google.com/cloudsdktool/cloud-sdk")
+    assert 'python3 "$repo/scripts/build_bundles.py"' in (TERRAFORM_DIR / "deploy.sh").read_text()
+
+
 def test_cloudbuild_declares_every_substitution_it_uses_and_uses_every_one_it_declares(cloudbuild):
     text = (REPO / "cloudbuild.yaml").read_text()
     body = text.split("\nsteps:", 1)[1]

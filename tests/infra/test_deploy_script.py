@@ -10,17 +10,28 @@ import textwrap
 
 import pytest
 
+from devstack.processes import REPO
+from imgclassify.publish.catalog_writes import publish
+from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, onnx_object
+from imgclassify.store.objects import LocalStore
 from tests.support.infra import (
     TERRAFORM_DIR,
 )
+from tests.support.onnx_graphs import colour_classifier, serialized
+
+
+def tiny_manifest(version: str) -> Manifest:
+    return Manifest(name="tiny", version=version, architecture=Architecture("onnx", "tests"),
+                    artifacts={"onnx": ArtifactRef("", 0, "0" * 64)}, labels=("red", "green", "blue"),
+                    preprocessing=Preprocessing(resize=40, crop_size=32), random_init=True)
 
 
 @pytest.fixture
 def cloud_tools(tmp_path) -> dict:
     """Stand-ins for gcloud and terraform, which cannot reach Google Cloud from here.
 
-    gcloud serves ``gs://BUCKET/PATH`` from a local directory; terraform records its arguments
-    (with the content of every -var-file) and succeeds.
+    gcloud serves ``gs://BUCKET/PATH`` from a local directory (and refuses to read a bucket holding
+    ``.forbidden``); terraform records its arguments (with the content of every -var-file) and succeeds.
     """
     bin_dir, gcs, record = tmp_path / "bin", tmp_path / "gcs", tmp_path / "terraform-calls.jsonl"
     bin_dir.mkdir()
@@ -40,6 +51,15 @@ def cloud_tools(tmp_path) -> dict:
         elif args[:2] == ["storage", "ls"]:
             import os
             sys.exit(0 if os.path.exists(local(args[2])) else 1)
+        elif args[:2] == ["storage", "cat"]:
+            import os
+            if os.path.exists(local("gs://" + args[2][5:].split("/")[0]) + "/.forbidden"):
+                sys.exit("ERROR: (gcloud.storage.cat) HTTPError 403: deployer@p.iam.gserviceaccount.com does not "
+                         "have storage.objects.get access to the Google Cloud Storage object.")
+            try:
+                sys.stdout.buffer.write(open(local(args[2]), "rb").read())
+            except FileNotFoundError:
+                sys.exit("ERROR: (gcloud.storage.cat) The following URLs matched no objects or files:\\n-" + args[2])
         else:
             sys.exit("unexpected gcloud call: " + " ".join(args))
         """))
@@ -99,3 +119,67 @@ def test_deploy_refuses_settings_that_only_this_machine_would_apply(cloud_tools)
     assert cloud_tools["calls"]() == []
 
 
+
+
+# How Cloud Build's deploy step runs the script: a Python with the standard library only, gcloud on PATH.
+def build_classify_bundle_without_the_storage_client(tools: dict, out, store: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-S", str(REPO / "scripts" / "build_bundles.py"), "classify",
+                           "--out", str(out), "--store", store], capture_output=True, text=True,
+                          env=tools["env"], timeout=300)
+
+
+def test_the_premise_a_python_started_with_minus_s_has_no_storage_client():
+    plain = subprocess.run([sys.executable, "-S", "-c", "import google.cloud.storage"], capture_output=True)
+    assert plain.returncode != 0 and b"ModuleNotFoundError" in plain.stderr
+
+
+def test_without_the_storage_client_the_snapshot_is_read_through_gcloud_and_verified(cloud_tools, tmp_path):
+    store = LocalStore(cloud_tools["gcs"] / "weights")
+    model = serialized(colour_classifier(3, seed=0))
+    publish(store, tiny_manifest("1"), {"onnx": model}, make_default=True)
+    result = build_classify_bundle_without_the_storage_client(cloud_tools, tmp_path / "out", "gs://weights")
+    assert result.returncode == 0, result.stdout + result.stderr
+    snapshot = tmp_path / "out" / "classify" / "model_snapshot"
+    assert (snapshot / "model.onnx").read_bytes() == model
+    assert json.loads((snapshot / "manifest.json").read_text())["version"] == "1"
+    size = sum(path.stat().st_size for path in snapshot.iterdir())
+    said = f"classify: model snapshot tiny@1 from gs://weights ({size} bytes, read with gcloud, verified)"
+    assert said in result.stdout
+
+
+def test_without_the_storage_client_or_gcloud_a_store_stops_the_build_and_says_both_are_missing(tmp_path):
+    result = build_classify_bundle_without_the_storage_client({"env": {"PATH": str(tmp_path)}}, tmp_path / "out",
+                                                              "gs://weights")
+    assert result.returncode == 1
+    assert ("cannot read gs://weights: this Python has no google-cloud-storage and there is no gcloud on PATH"
+            in result.stderr) and "Traceback" not in result.stderr
+
+
+def test_through_gcloud_an_empty_store_gives_a_bundle_without_a_snapshot_and_a_warning(cloud_tools, tmp_path):
+    (cloud_tools["gcs"] / "weights").mkdir()
+    result = build_classify_bundle_without_the_storage_client(cloud_tools, tmp_path / "out", "gs://weights")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "classify: warning: no model snapshot (gs://weights has no published model yet)" in result.stdout
+    assert (tmp_path / "out" / "classify.zip").is_file()
+    assert not (tmp_path / "out" / "classify" / "model_snapshot").exists()
+
+
+def reverse_bytes(path) -> None:
+    path.write_bytes(path.read_bytes()[::-1])
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda bucket: (bucket / ".forbidden").touch(),
+     "gcloud storage cat gs://weights/models/catalog.json failed: ERROR: (gcloud.storage.cat) HTTPError 403"),
+    (lambda bucket: reverse_bytes(bucket / onnx_object("tiny", "1")), "model.onnx of tiny@1 has sha256 "),
+], ids=["unreadable", "corrupt_same_size"])
+def test_through_gcloud_a_store_that_cannot_be_read_or_a_corrupt_model_stops_the_build(
+        cloud_tools, tmp_path, damage, said):
+    store = LocalStore(cloud_tools["gcs"] / "weights")
+    publish(store, tiny_manifest("1"), {"onnx": serialized(colour_classifier(3))}, make_default=True)
+    damage(cloud_tools["gcs"] / "weights")
+    result = build_classify_bundle_without_the_storage_client(cloud_tools, tmp_path / "out", "gs://weights")
+    assert result.returncode == 1
+    assert "cannot take the model snapshot from gs://weights: " in result.stderr and said in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "classify" / "model_snapshot").exists()
