@@ -12,18 +12,13 @@ import pytest
 
 from devstack.processes import REPO
 from imgclassify.publish.catalog_writes import publish
-from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, onnx_object
+from imgclassify.store.catalog import onnx_object
 from imgclassify.store.objects import LocalStore
 from tests.support.infra import (
     TERRAFORM_DIR,
 )
+from tests.support.manifests import tiny_draft
 from tests.support.onnx_graphs import colour_classifier, serialized
-
-
-def tiny_manifest(version: str) -> Manifest:
-    return Manifest(name="tiny", version=version, architecture=Architecture("onnx", "tests"),
-                    artifacts={"onnx": ArtifactRef("", 0, "0" * 64)}, labels=("red", "green", "blue"),
-                    preprocessing=Preprocessing(resize=40, crop_size=32), random_init=True)
 
 
 @pytest.fixture
@@ -119,8 +114,6 @@ def test_deploy_refuses_settings_that_only_this_machine_would_apply(cloud_tools)
     assert cloud_tools["calls"]() == []
 
 
-
-
 # How Cloud Build's deploy step runs the script: a Python with the standard library only, gcloud on PATH.
 def build_classify_bundle_without_the_storage_client(tools: dict, out, store: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-S", str(REPO / "scripts" / "build_bundles.py"), "classify",
@@ -136,7 +129,7 @@ def test_the_premise_a_python_started_with_minus_s_has_no_storage_client():
 def test_without_the_storage_client_the_snapshot_is_read_through_gcloud_and_verified(cloud_tools, tmp_path):
     store = LocalStore(cloud_tools["gcs"] / "weights")
     model = serialized(colour_classifier(3, seed=0))
-    publish(store, tiny_manifest("1"), {"onnx": model}, make_default=True)
+    publish(store, tiny_draft("1"), {"onnx": model}, make_default=True)
     result = build_classify_bundle_without_the_storage_client(cloud_tools, tmp_path / "out", "gs://weights")
     assert result.returncode == 0, result.stdout + result.stderr
     snapshot = tmp_path / "out" / "classify" / "model_snapshot"
@@ -176,7 +169,7 @@ def reverse_bytes(path) -> None:
 def test_through_gcloud_a_store_that_cannot_be_read_or_a_corrupt_model_stops_the_build(
         cloud_tools, tmp_path, damage, said):
     store = LocalStore(cloud_tools["gcs"] / "weights")
-    publish(store, tiny_manifest("1"), {"onnx": serialized(colour_classifier(3))}, make_default=True)
+    publish(store, tiny_draft("1"), {"onnx": serialized(colour_classifier(3))}, make_default=True)
     damage(cloud_tools["gcs"] / "weights")
     result = build_classify_bundle_without_the_storage_client(cloud_tools, tmp_path / "out", "gs://weights")
     assert result.returncode == 1

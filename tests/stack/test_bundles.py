@@ -30,8 +30,9 @@ from imgclassify.publish.cli import main as publish_main
 from imgclassify.publish.sources import publish_bundled
 from imgclassify.runtime.engines import EngineOptions
 from imgclassify.runtime.registry import ModelRegistry
-from imgclassify.store.catalog import Architecture, ArtifactRef, Manifest, Preprocessing, onnx_object
+from imgclassify.store.catalog import onnx_object
 from imgclassify.store.objects import GcsStore
+from tests.support.manifests import tiny_draft
 from tests.support.onnx_graphs import colour_classifier, serialized
 from tests.support.photos import CAT_INDICES, cat_jpeg
 
@@ -301,12 +302,6 @@ def test_built_list_models_bundle_lists_models_with_neither_torch_nor_onnx_runti
 def startup_entries(log: Path) -> list[dict]:
     """The function's JSON log lines (gunicorn's own lines are not JSON)."""
     return [json.loads(line) for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
-
-
-def tiny_draft(version: str) -> Manifest:
-    return Manifest(name="tiny", version=version, architecture=Architecture("onnx", "tests"),
-                    artifacts={"onnx": ArtifactRef("", 0, "0" * 64)}, labels=("red", "green", "blue"),
-                    preprocessing=Preprocessing(resize=40, crop_size=32), random_init=True)
 
 
 def classify_tiny(url: str) -> requests.Response:
