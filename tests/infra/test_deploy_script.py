@@ -33,7 +33,7 @@ def cloud_tools(tmp_path) -> dict:
     gcs.mkdir()
     (bin_dir / "gcloud").write_text(textwrap.dedent(f"""\
         #!{sys.executable}
-        import shutil, sys
+        import os, shutil, sys
         args = [a for a in sys.argv[1:] if a != "--quiet"]
         local = lambda uri: "{gcs}/" + uri.removeprefix("gs://")
         if args[:2] == ["storage", "cp"]:
@@ -44,11 +44,10 @@ def cloud_tools(tmp_path) -> dict:
             except FileNotFoundError:
                 sys.exit("ERROR: (gcloud.storage.cp) The following URLs matched no objects or files: " + src)
         elif args[:2] == ["storage", "ls"]:
-            import os
             sys.exit(0 if os.path.exists(local(args[2])) else 1)
         elif args[:2] == ["storage", "cat"]:
-            import os
-            if os.path.exists(local("gs://" + args[2][5:].split("/")[0]) + "/.forbidden"):
+            bucket = "gs://" + args[2].removeprefix("gs://").split("/")[0]
+            if os.path.exists(local(bucket) + "/.forbidden"):
                 sys.exit("ERROR: (gcloud.storage.cat) HTTPError 403: deployer@p.iam.gserviceaccount.com does not "
                          "have storage.objects.get access to the Google Cloud Storage object.")
             try:

@@ -27,14 +27,18 @@ session.run(None, {"input": np.zeros((1, 3, 8, 8), np.float32)})
 """
 
 
+def untold_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the telemetry setting or a CI marker, plus ``extra``."""
+    ignored = {"ORT_DISABLE_TELEMETRY", *CI_MARKERS}
+    return {**{key: value for key, value in os.environ.items() if key not in ignored}, **extra}
+
+
 def telemetry_files_after(tmp_path, code: str, extra_env: dict | None = None) -> list[str]:
     """The files ONNX Runtime's telemetry leaves (its event store, its session file) after ``code``."""
     home, temporary = tmp_path / "home", tmp_path / "tmp"
     home.mkdir()
     temporary.mkdir()
-    ignored = {"ORT_DISABLE_TELEMETRY", *CI_MARKERS}
-    env = {key: value for key, value in os.environ.items() if key not in ignored}
-    env.update(HOME=str(home), TMPDIR=str(temporary), **(extra_env or {}))
+    env = untold_env(HOME=str(home), TMPDIR=str(temporary), **(extra_env or {}))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120, cwd=REPO)
     return sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file())
 
@@ -54,9 +58,7 @@ def runtime_collects_here(tmp_path_factory) -> None:
 
 @pytest.mark.parametrize("before, after", [(None, "1"), ("0", "0"), ("1", "1")])
 def test_importing_the_package_turns_telemetry_off_unless_the_variable_is_set(before, after):
-    env = {key: value for key, value in os.environ.items() if key != "ORT_DISABLE_TELEMETRY"}
-    if before is not None:
-        env["ORT_DISABLE_TELEMETRY"] = before
+    env = untold_env() if before is None else untold_env(ORT_DISABLE_TELEMETRY=before)
     said = subprocess.run([sys.executable, "-c", "import os, imgclassify; print(os.environ['ORT_DISABLE_TELEMETRY'])"],
                           env=env, capture_output=True, text=True, check=True, timeout=60, cwd=REPO)
     assert said.stdout.strip() == after
