@@ -33,8 +33,9 @@ checkov-venv: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 # One deployable source directory and zip per function, in build/functions (see docs/deploy.md).
 # MODEL_STORE=gs://BUCKET (or a directory) puts a verified snapshot of its default model into
 # classify's; a gs:// store needs the venv's Python (the Google Cloud Storage client).
+# TFVARS=FILE: the Terraform settings to deploy, whose dedicated models get bundles of their own.
 bundles:
-	$(if $(wildcard $(PYTHON)),$(PYTHON),python3) scripts/build_bundles.py $(if $(MODEL_STORE),--store $(MODEL_STORE))
+	$(if $(wildcard $(PYTHON)),$(PYTHON),python3) scripts/build_bundles.py $(if $(MODEL_STORE),--store $(MODEL_STORE)) $(if $(TFVARS),--terraform-vars $(TFVARS))
 
 dev: venv
 	$(PYTHON) -m devstack.run

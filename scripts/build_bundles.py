@@ -27,6 +27,14 @@ still that version. A store that cannot be read stops the build (a bundle that s
 its snapshot would only start slower); ``--no-snapshot`` builds without one. A store with no
 model published yet (a first deploy) gives a bundle without a snapshot and a warning.
 
+With ``--terraform-vars FILE`` (deploy.sh passes the settings it applies) the snapshots follow the
+deployments those settings describe: classify's is of the DEFAULT_MODEL its environment names
+(else the catalog's default), and each ``dedicated_classify`` model gets a bundle of its own,
+``classify-MODEL``, which is the classify bundle with a snapshot of that model; Terraform deploys
+it where it exists and the classify bundle otherwise (no store, or the model is not published).
+Every build of classify removes the ``classify-*`` bundles it did not build, so a bundle from an
+earlier build of other code can never deploy.
+
 The Makefile (``make bundles``) and Cloud Build both call this script; it needs only the
 standard library. A ``gs://`` store is read with google-cloud-storage where the Python running
 it has the library (the venv's), else with the gcloud CLI (Cloud Build's deploy step).
@@ -38,13 +46,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +79,19 @@ from imgclassify.store.snapshot import write_snapshot  # noqa: E402 - standard l
 PACKAGE = "imgclassify"
 PINS_FILE = REPO / "functions" / "requirements.txt"
 DEFAULT_OUT = REPO / "build" / "functions"
+TERRAFORM_DIR = REPO / "infra" / "terraform"
+# A dedicated deployment's own bundle is DEDICATED_PREFIX + its model (main.tf's local.dedicated).
+DEDICATED_PREFIX = "classify-"
+
+# Each classify deployment's default model as infra/terraform sets DEFAULT_MODEL (main.tf's
+# local.dedicated, then functions.tf's function_environment, where the settings' own
+# environment wins): the shared deployment's is the catalog's default unless its environment
+# names one; a dedicated one's is its model unless its environment names another.
+# tests/infra/test_deploy_script.py checks this against those locals.
+# (One line: the console reads each line as an expression of its own.)
+DEPLOYED_DEFAULTS = ('jsonencode({shared = lookup(var.classify.environment, "DEFAULT_MODEL", null), '
+                     'dedicated = {for model, settings in var.dedicated_classify : '
+                     'model => lookup(settings.environment, "DEFAULT_MODEL", model)}})')
 
 # Packages only model loading and inference import; list_models never loads a model.
 INFERENCE_ONLY = frozenset({"onnxruntime"})
@@ -240,6 +264,34 @@ def snapshot_source(store_location: str) -> tuple[ObjectStore, str]:
     return open_store(store_location), "verified"
 
 
+@dataclass(frozen=True)
+class Deployments:
+    """The default models of the classify deployments some Terraform settings describe."""
+
+    shared: str | None          # the shared classify's DEFAULT_MODEL; None: the catalog's default
+    dedicated: dict[str, str]   # each dedicated model (its deployment) -> the model it serves by default
+
+
+def deployments_from(var_files: list[Path], terraform: str = "terraform") -> Deployments:
+    """What ``var_files`` deploy, as Terraform itself reads them: ``terraform console`` over a
+    copy of variables.tf alone, which needs no provider, no state and no network, and runs
+    every validation the apply would. SystemExit with Terraform's message if they are invalid."""
+    if shutil.which(terraform) is None:
+        raise SystemExit("--terraform-vars needs terraform on PATH")
+    with tempfile.TemporaryDirectory(prefix="imgclassify-settings-") as workdir:
+        shutil.copyfile(TERRAFORM_DIR / "variables.tf", Path(workdir) / "variables.tf")
+        done = subprocess.run(
+            [terraform, "console", "-no-color", *(f"-var-file={path.resolve()}" for path in var_files)],
+            input=DEPLOYED_DEFAULTS, cwd=workdir, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"})
+    # Settings that fail a validation still exit 0, with the errors on stderr.
+    if done.returncode != 0 or re.search(r"^\W*Error: ", done.stderr, re.MULTILINE):
+        raise SystemExit(f"cannot read the deployments from {', '.join(map(str, var_files))}:\n{done.stderr.strip()}")
+    # The last line is the value, the JSON text as a quoted string; warnings may come before it.
+    found = json.loads(json.loads(done.stdout.strip().splitlines()[-1]))
+    return Deployments(found["shared"], found["dedicated"])
+
+
 def add_snapshot(bundle: Path, store_location: str, default_model: str | None = None) -> str:
     """Write the store's default model into ``bundle``'s snapshot directory; say what was done.
 
@@ -259,15 +311,17 @@ def add_snapshot(bundle: Path, store_location: str, default_model: str | None = 
 
 
 def build_bundle(function: str, out_dir: Path, snapshot_store: str | None = None,
-                 default_model: str | None = None, say=print) -> Path:
-    """Build ``out_dir/function/`` and ``out_dir/function.zip``; return the zip's path.
+                 default_model: str | None = None, say=print, name: str | None = None) -> Path:
+    """Build ``out_dir/NAME/`` and ``out_dir/NAME.zip`` (NAME: ``name``, else ``function``);
+    return the zip's path.
 
     With ``snapshot_store``, the classify bundle carries a snapshot of that store's default model
     (``default_model`` if given).
     """
     if function not in FUNCTIONS:
         raise SystemExit(f"unknown function {function!r}; expected one of {', '.join(FUNCTIONS)}")
-    bundle = out_dir / function
+    name = name or function
+    bundle = out_dir / name
     if bundle.exists():
         shutil.rmtree(bundle)
     bundle.mkdir(parents=True)
@@ -278,10 +332,38 @@ def build_bundle(function: str, out_dir: Path, snapshot_store: str | None = None
         shutil.copyfile(source, target)
     (bundle / "requirements.txt").write_text(requirements_for(function))
     if function == "classify" and snapshot_store:
-        say(f"{function}: {add_snapshot(bundle, snapshot_store, default_model)}")
-    zip_path = out_dir / f"{function}.zip"
+        say(f"{name}: {add_snapshot(bundle, snapshot_store, default_model)}")
+    zip_path = out_dir / f"{name}.zip"
     write_deterministic_zip(bundle, zip_path)
     return zip_path
+
+
+def build_dedicated_bundles(out_dir: Path, snapshot_store: str | None, dedicated: dict[str, str],
+                            say=print) -> list[Path]:
+    """The bundle of each dedicated deployment (model -> its default model) that can carry a
+    snapshot of its default model; return their zips. First removes every dedicated bundle in
+    ``out_dir``: Terraform deploys one wherever it finds it. A deployment without one (no
+    store, or its model is not published) runs the classify bundle, which differs only by the
+    snapshot."""
+    for stale in out_dir.glob(f"{DEDICATED_PREFIX}*"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    zips = []
+    for deployment, model in sorted(dedicated.items()):
+        name = DEDICATED_PREFIX + deployment
+        if snapshot_store is None:
+            say(f"{name}: runs the classify bundle (built without snapshots)")
+            continue
+        zip_path = build_bundle("classify", out_dir, snapshot_store, model, say, name)
+        if not (out_dir / name / declared("MODEL_SNAPSHOT_DIR").default).is_dir():
+            shutil.rmtree(out_dir / name)
+            zip_path.unlink()
+            say(f"{name}: runs the classify bundle (no snapshot of {model})")
+            continue
+        zips.append(zip_path)
+    return zips
 
 
 def freeze(path: Path = PINS_FILE) -> str:
@@ -308,20 +390,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="model store the classify bundle's snapshot of the default model comes from "
                              "(default: $MODEL_STORE; none: no snapshot)")
     parser.add_argument("--default-model", default=os.environ.get("DEFAULT_MODEL") or None,
-                        help="the model to snapshot (default: $DEFAULT_MODEL, else the catalog's default)")
+                        help="the model to snapshot (default: $DEFAULT_MODEL, else the catalog's default; "
+                             "with --terraform-vars, the settings choose)")
     parser.add_argument("--no-snapshot", action="store_true", help="build the classify bundle without a snapshot")
+    parser.add_argument("--terraform-vars", type=Path, action="append", default=[], metavar="FILE",
+                        help="the Terraform settings being deployed (repeatable): they choose classify's "
+                             "snapshot (its DEFAULT_MODEL, not --default-model) and give each "
+                             "dedicated_classify model a bundle with a snapshot of its own")
     parser.add_argument("--freeze", action="store_true", help="rewrite functions/requirements.txt and exit")
     args = parser.parse_args(argv)
     if args.freeze:
         print(freeze(), end="")
         return 0
+    deployments = deployments_from(args.terraform_vars) if args.terraform_vars else Deployments(args.default_model, {})
     args.out.mkdir(parents=True, exist_ok=True)
     store = None if args.no_snapshot else args.store
     if store is None and "classify" in args.functions:
         print("classify: no model snapshot (no --store or MODEL_STORE); instances download their default model")
     for function in args.functions:
-        zip_path = build_bundle(function, args.out, store, args.default_model)
-        print(f"{function}: {zip_path} ({zip_path.stat().st_size} bytes)")
+        zips = [build_bundle(function, args.out, store, deployments.shared)]
+        if function == "classify":
+            zips += build_dedicated_bundles(args.out, store, deployments.dedicated)
+        for zip_path in zips:
+            print(f"{zip_path.stem}: {zip_path} ({zip_path.stat().st_size} bytes)")
     return 0
 
 

@@ -14,8 +14,8 @@
 #
 # It builds the function bundles from this checkout first (scripts/build_bundles.py), so what
 # deploys is always the tree the script runs from; with MODEL_STORE set (Cloud Build sets it),
-# classify's carries a verified snapshot of that store's default model. Needs gcloud, terraform
-# and Python 3.11.
+# classify's carries a verified snapshot of the model it serves by default, and each dedicated
+# model's deployment a bundle with a snapshot of its own. Needs gcloud, terraform and Python 3.11.
 set -euo pipefail
 
 if [ $# -lt 1 ] || [[ $1 == -* ]]; then
@@ -57,7 +57,8 @@ if gcloud storage ls "$build_uri" >/dev/null 2>&1; then
   var_files+=(-var-file="$settings_dir/build.tfvars")
 fi
 
-python3 "$repo/scripts/build_bundles.py"
+# The settings choose what the snapshots hold: classify's DEFAULT_MODEL, the dedicated models.
+python3 "$repo/scripts/build_bundles.py" --terraform-vars "$settings_dir/terraform.tfvars"
 
 cd "$here"
 terraform init -input=false -backend-config="bucket=$state_bucket" -backend-config="prefix=$prefix"

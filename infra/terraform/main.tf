@@ -16,12 +16,14 @@ locals {
   cors_origins      = length(var.cors_allowed_origins) > 0 ? var.cors_allowed_origins : [local.site_origin]
 
   # Every function deployment, shared and dedicated, in one map: key => settings.
-  # Dedicated classify deployments run the classify bundle with their model as the default,
-  # preloaded at start-up, behind the literal gateway path /v1/models/NAME:classify.
+  # Dedicated classify deployments run the classify code with their model as the default,
+  # preloaded at start-up, behind the literal gateway path /v1/models/NAME:classify. Their
+  # bundle is classify-NAME where the build made one (the classify bundle with a snapshot of
+  # NAME: scripts/build_bundles.py --terraform-vars, as deploy.sh runs it), else classify's.
   dedicated = {
     for model, settings in var.dedicated_classify : "classify_${replace(model, "/[-.]/", "_")}" => merge(settings, {
       entry_point = "classify"
-      bundle      = "classify"
+      bundle      = fileexists("${local.bundle_dir}/classify-${model}.zip") ? "classify-${model}" : "classify"
       name        = "${var.name_prefix}-classify-${replace(model, "/[_.]/", "-")}"
       model       = model
     })
@@ -33,6 +35,11 @@ locals {
     },
     local.dedicated,
   )
+  # The zip of each bundle a deployment runs (storage.tf uploads them).
+  bundle_zips = {
+    for bundle in distinct([for function in values(local.functions) : function.bundle]) :
+    bundle => "${local.bundle_dir}/${bundle}.zip"
+  }
 }
 
 resource "google_project_service" "apis" {

@@ -83,7 +83,6 @@ resource "google_storage_bucket" "site" {
 
 locals {
   weights_bucket = var.create_weights_bucket ? google_storage_bucket.weights[0].name : var.weights_bucket
-  bundle_zips    = { for bundle in ["classify", "list_models"] : bundle => "${local.bundle_dir}/${bundle}.zip" }
 }
 
 # One object per bundle, named after the zip's sha256: a code change gives a new name, which
