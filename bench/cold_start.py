@@ -17,67 +17,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_photos import photos  # noqa: E402
+from serving import Server, cpu_model, startup_phases  # noqa: E402
 
 from devstack.emulator import StorageEmulator  # noqa: E402
-from devstack.processes import free_port, spawn, stop, wait_for_port  # noqa: E402
 from devstack.stack import function_command  # noqa: E402
 
 MODEL = "efficientnet_lite0"
 PEER = REPO / "bench" / "peers" / "onnx_peer.py"
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def cold_start(command: list[str], env: dict, path: str, image: tuple[bytes, str], log: Path) -> float:
     """Milliseconds from starting ``command`` to its first 200 for ``image`` on ``path``; stops it after."""
-    port = free_port()
-    command = [part.replace("{port}", str(port)) for part in command]
-    url = f"http://127.0.0.1:{port}{path}"
-    session = requests.Session()
-    with open(log, "wb") as output:
-        started = time.monotonic()
-        process = spawn(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(port, process)
-            response = session.post(url, data=image[0], headers={"Content-Type": image[1]}, timeout=300)
-            if response.status_code != 200:
-                raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}; see {log}")
-            return (time.monotonic() - started) * 1000
-        finally:
-            stop(process)
-
-
-def startup_ms(log: Path) -> dict:
-    """The service's start-up phases and the worker's build, from its JSON log lines."""
-    phases: dict = {}
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            phases.update(entry.get("startup_ms", {}))
-            phases.update({f"worker_{key}": value for key, value in entry.get("build_ms", {}).items()
-                           if key in ("build", "warmup")})
-            if "model_source" in entry:
-                phases["model_source"] = entry["model_source"]
-    return phases
+    server = Server(command, env, path, image, log=log)
+    server.stop()
+    return server.first_answer_ms
 
 
 def top_imports(log: Path, count: int = 12) -> list[tuple[str, float]]:
@@ -134,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 log = work / f"{name}-{round_number}.log"
                 times[name].append(cold_start(*servers[name], image, log))
                 if name in phases:
-                    phases[name].append(startup_ms(log))
+                    phases[name].append(startup_phases(log))
             print(f"round {round_number + 1}: " + ", ".join(f"{name} {times[name][-1]:.0f} ms" for name in names),
                   flush=True)
         imports = {}
@@ -146,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {name: round(statistics.median(values)) for name, values in times.items()}
     result = {
-        "cpu": cpu_name(), "rounds": args.rounds, "cold_start_ms": medians, "all_ms": times,
+        "cpu": cpu_model(), "rounds": args.rounds, "cold_start_ms": medians, "all_ms": times,
         "ratios": {"snapshot_vs_minimal": round(medians["snapshot"] / medians["minimal"], 3),
                    "download_vs_minimal": round(medians["download"] / medians["minimal"], 3),
                    "snapshot_vs_download": round(medians["snapshot"] / medians["download"], 3)},

@@ -186,13 +186,17 @@ class Server:
         args = [arg.replace("{port}", str(self.port)) for arg in args]
         self.url = f"http://127.0.0.1:{self.port}{path}"
         started = time.monotonic()
-        output = open(log, "ab") if log else subprocess.DEVNULL
-        self.process = spawn(args, env={**os.environ, **env}, cwd=cwd, stdout=output, stderr=output)
+        with open(log, "ab") if log else contextlib.nullcontext(subprocess.DEVNULL) as output:
+            self.process = spawn(args, env=env, cwd=cwd, stdout=output, stderr=output)
         self.log = log
-        wait_for_port(self.port, self.process)
-        response = requests.post(self.url, data=image[0], headers={"Content-Type": image[1]}, timeout=300)
-        if not response.ok:
-            raise RuntimeError(f"{self.url}: {response.status_code} {response.text[:300]}")
+        try:
+            wait_for_port(self.port, self.process)
+            response = requests.post(self.url, data=image[0], headers={"Content-Type": image[1]}, timeout=300)
+            if not response.ok:
+                raise RuntimeError(f"{self.url}: {response.status_code} {response.text[:300]}; see {log}")
+        except BaseException:
+            stop(self.process)
+            raise
         self.first_answer_ms = round((time.monotonic() - started) * 1000)
 
     def cpu_seconds(self) -> float:
@@ -268,13 +272,17 @@ def measure_server(server: Server, image: tuple[bytes, str], count: int, levels:
 
 
 def startup_phases(log: Path) -> dict:
+    """The service's start-up phases and its worker's build (ms), and where its model came from
+    (``model_source``: snapshot or store), from its JSON log lines."""
     phases = {}
-    for line in log.read_text().splitlines():
-        if line.startswith("{") and ("startup_ms" in line or "build_ms" in line):
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and ("startup_ms" in line or "build_ms" in line or "model_source" in line):
             record = json.loads(line)
             phases.update(record.get("startup_ms", {}))
             phases.update({f"worker_{key}": value for key, value in record.get("build_ms", {}).items()
                            if key in ("build", "warmup")})
+            if "model_source" in record:
+                phases["model_source"] = record["model_source"]
     return phases
 
 
