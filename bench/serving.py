@@ -474,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--requests", type=int, default=60, help="sequential requests per latency figure")
-    parser.add_argument("--smoke", action="store_true", help="a tiny run (3-4 minutes), to check that the harness works")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny run (3-4 minutes), to check that the harness works")
     parser.add_argument("--bundle-size", action="store_true", help="also pip-install the classify bundle (PyPI)")
     parser.add_argument("--output", type=Path, default=REPO / ".local" / "bench.json")
     args = parser.parse_args(argv)
