@@ -283,7 +283,9 @@ def deployments_from(var_files: list[Path], terraform: str = "terraform") -> Dep
         done = subprocess.run(
             [terraform, "console", "-no-color", *(f"-var-file={path.resolve()}" for path in var_files)],
             input=DEPLOYED_DEFAULTS, cwd=workdir, capture_output=True, text=True, timeout=120,
-            env={**os.environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"})
+            # TF_DATA_DIR would point the console at the real module's backend and state.
+            env={**{key: value for key, value in os.environ.items() if key != "TF_DATA_DIR"},
+                 "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"})
     # Settings that fail a validation still exit 0, with the errors on stderr.
     if done.returncode != 0 or re.search(r"^\W*Error: ", done.stderr, re.MULTILINE):
         raise SystemExit(f"cannot read the deployments from {', '.join(map(str, var_files))}:\n{done.stderr.strip()}")
