@@ -3,7 +3,8 @@ starting from a model snapshot (``MODEL_SNAPSHOT_DIR``, what a bundle built with
 MODEL_STORE=...`` carries), the same function downloading its model from the store, and the
 minimal function (``bench/peers/onnx_peer.py`` under functions-framework, its model on local disk).
 
-Starts its own storage emulator on 127.0.0.1 with the bundled EfficientNet-Lite0 published, and
+Starts its own storage emulator on 127.0.0.1 with the bundled EfficientNet-Lite0 published
+(``--model``: another bundled model, e.g. the heavy one a dedicated deployment serves), and
 starts each server ``--rounds`` times, interleaved (the order rotates each round) so that a
 busy neighbour on a shared machine slows all three alike. Prints medians, ratios, the
 service's start-up phases (its ``startup_ms`` log line) and the CPU; ``--importtime`` also
@@ -31,7 +32,6 @@ from serving import Server, cpu_model, startup_phases  # noqa: E402
 from devstack.emulator import StorageEmulator  # noqa: E402
 from devstack.stack import function_command  # noqa: E402
 
-MODEL = "efficientnet_lite0"
 PEER = REPO / "bench" / "peers" / "onnx_peer.py"
 
 
@@ -56,6 +56,7 @@ def top_imports(log: Path, count: int = 12) -> list[tuple[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7, help="starts of each server (default 7)")
+    parser.add_argument("--model", default="efficientnet_lite0", help="the bundled model to serve (default Lite0)")
     parser.add_argument("--importtime", action="store_true", help="also one start of each under -X importtime")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
@@ -71,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(env)  # this process's client: the bucket and the publish
         bucket = "cold-start-models"
         emulator.create_bucket(bucket)
-        publish_bundled(GcsStore(bucket), [MODEL], log=lambda _: None)
+        publish_bundled(GcsStore(bucket), [args.model], log=lambda _: None)
         snapshot = work / "model_snapshot"
-        manifest = write_snapshot(GcsStore(bucket), snapshot, MODEL)
+        manifest = write_snapshot(GcsStore(bucket), snapshot, args.model)
         labels = work / "labels.json"
         labels.write_text(json.dumps(list(manifest.labels)))
-        service_env = {**env, "MODEL_STORE": f"gs://{bucket}", "DEFAULT_MODEL": MODEL, "GOOGLE_CLOUD_PROJECT": "bench"}
+        service_env = {**env, "MODEL_STORE": f"gs://{bucket}", "DEFAULT_MODEL": args.model,
+                       "GOOGLE_CLOUD_PROJECT": "bench"}
         service = function_command("classify", 0)[:-1] + ["{port}"]
         framework = str(Path(sys.executable).with_name("functions-framework"))
         servers = {
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             "download": (service, {**service_env, "MODEL_SNAPSHOT_DIR": str(work / "none")}, "/v1/classify"),
             "minimal": ([framework, "--target", "classify", "--source", str(PEER), "--host", "127.0.0.1",
                          "--port", "{port}"],
-                        {"MODEL_PATH": str(snapshot / "model.onnx"), "LABELS_PATH": str(labels)}, "/"),
+                        {"MODEL_PATH": str(snapshot / "model.onnx"), "LABELS_PATH": str(labels),
+                         "RESIZE": str(manifest.preprocessing.resize),
+                         "CROP": str(manifest.preprocessing.crop_size)}, "/"),
         }
         times: dict[str, list[float]] = {name: [] for name in servers}
         phases: dict[str, list[dict]] = {"snapshot": [], "download": []}
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {name: round(statistics.median(values)) for name, values in times.items()}
     result = {
-        "cpu": cpu_model(), "rounds": args.rounds, "cold_start_ms": medians, "all_ms": times,
+        "cpu": cpu_model(), "model": args.model, "rounds": args.rounds, "cold_start_ms": medians, "all_ms": times,
         "ratios": {"snapshot_vs_minimal": round(medians["snapshot"] / medians["minimal"], 3),
                    "download_vs_minimal": round(medians["download"] / medians["minimal"], 3),
                    "snapshot_vs_download": round(medians["snapshot"] / medians["download"], 3)},
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                          phases.items()},
         "imports_ms": imports,
     }
-    print(f"\nCPU: {result['cpu']}, {args.rounds} interleaved rounds, medians (ms):")
+    print(f"\nCPU: {result['cpu']}, {args.model}, {args.rounds} interleaved rounds, medians (ms):")
     for name, value in medians.items():
         print(f"  {name:<9} {value:>6}")
     print("ratios:", json.dumps(result["ratios"]))
