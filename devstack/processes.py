@@ -101,10 +101,11 @@ def spawn(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subpr
                             preexec_fn=_dies_with(os.getpid()), **kwargs)
 
 
-def rss_kib(pid: int, *, children_only: bool = False) -> int:
+def rss_kib(pid: int, *, children_only: bool = False, field: str = "VmRSS") -> int:
     """Resident memory of ``pid`` and its direct children (gunicorn's workers), in KiB (Linux).
 
-    ``children_only`` leaves the parent out (gunicorn's arbiter shares pages with its worker).
+    ``children_only`` leaves the parent out (gunicorn's arbiter shares pages with its worker);
+    ``field`` names a part of it in /proc/PID/status (``RssAnon``, ``RssFile``: mapped files).
     """
     pids = [] if children_only else [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -112,6 +113,6 @@ def rss_kib(pid: int, *, children_only: bool = False) -> int:
     total = 0
     for each in pids:
         for line in Path(f"/proc/{each}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 total += int(line.split()[1])
     return total
