@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.u
 # dynamic mmap threshold, as a freed model download does, so a request thread's 16 MB block
 # (a forward's activations) comes from an arena's heap; once freed, it sits at that heap's top.
 FREE_ON_A_THREAD = """
-import ctypes, sys, threading
+import ctypes, os, sys, threading
+from devstack.processes import rss_kib
 from imgclassify.memory import limit_malloc_arenas, release_free_memory
 
 limit_malloc_arenas(*map(int, sys.argv[1:]))
@@ -27,8 +28,7 @@ libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p,
 MB = 2**20
 
 def resident_anonymous_mb():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("RssAnon")) / 1024
+    return rss_kib(os.getpid(), field="RssAnon") / 1024
 
 def use_and_free(size):
     block = libc.malloc(size)
