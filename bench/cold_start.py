@@ -9,8 +9,9 @@ starts each server ``--rounds`` times, interleaved (the order rotates each round
 busy neighbour on a shared machine slows all three alike. Prints medians, ratios, the
 service's start-up phases (its ``startup_ms`` log line) and the CPU; ``--importtime`` also
 starts each once under ``python -X importtime`` and prints the largest top-level imports.
-Not part of ``make bench`` (``bench/serving.py``), whose cold-start row starts the function
-from the repository, without a snapshot.
+The servers start as in ``make bench`` (``bench/serving.py``), whose cold-start rows are these
+two starts of the service and the minimal function, timed the same way: the package and the
+peer compiled to bytecode first, as a deployed bundle's are.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_photos import photos  # noqa: E402
-from serving import Server, cpu_model, startup_phases  # noqa: E402
+from serving import Server, compile_like_buildpack, cpu_model, startup_phases  # noqa: E402
 
 from devstack.emulator import StorageEmulator  # noqa: E402
 from devstack.stack import function_command  # noqa: E402
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[float]] = {name: [] for name in servers}
         phases: dict[str, list[dict]] = {"snapshot": [], "download": []}
         names = list(servers)
+        compile_like_buildpack()
         cold_start(*servers["minimal"], image, work / "warm-page-cache.log")  # the first start reads files from disk
         for round_number in range(args.rounds):
             order = names[round_number % 3:] + names[:round_number % 3]

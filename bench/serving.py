@@ -83,6 +83,14 @@ def percentile(values: list[float], q: float) -> float:
 
 # --- in process --------------------------------------------------------------------------------
 
+def compile_like_buildpack() -> None:
+    """Compile the package and the peers to bytecode, as the Cloud Functions buildpack compiles a
+    function's source (``compileall``): this machine sets PYTHONDONTWRITEBYTECODE, and a start
+    that compiles the package's modules itself takes 30-40 ms longer than a deployed one."""
+    for source in (REPO / "imgclassify", PEERS):
+        compileall.compile_dir(source, quiet=1)
+
+
 def open_model(bucket: str, name: str = MODELS[0], engine: str = "onnxruntime"):
     from imgclassify.runtime.engines import EngineOptions
     from imgclassify.runtime.registry import ModelRegistry
@@ -504,8 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         files = {"onnx": work / "lite0.onnx", "labels": work / "labels.json", "snapshot": work / "model_snapshot"}
         files["onnx"].write_bytes(store.read(onnx_object(MODELS[0], "1")).data)
         write_snapshot(store, files["snapshot"], MODELS[0])
-        for source in (REPO / "imgclassify", PEERS):  # what the buildpack does to a function's source
-            compileall.compile_dir(source, quiet=1)
+        compile_like_buildpack()
         files["labels"].write_text(json.dumps(list(read_manifest(store, MODELS[0], "1").labels)))
         runs = [one_round(stack, bucket, images, files, args, work, twins) for _ in range(args.repeats)]
         result = summarise(runs)
