@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import threading
 import time
@@ -13,11 +12,16 @@ _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 @functools.lru_cache(maxsize=1)
 def _libc():
+    """glibc's malloc controls, or None where there are none (musl, macOS): nothing to tune.
+
+    Looked up among the symbols this process has loaded (``dlopen(NULL)``, Python links the C
+    library), not with ``ctypes.util.find_library``, which runs ``ldconfig`` in a child process:
+    15 ms of every cold start."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except OSError:
-        return None  # not glibc: nothing to tune
+        return None
 
 
 def limit_malloc_arenas(arenas: int = 1) -> None:
