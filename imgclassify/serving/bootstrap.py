@@ -9,7 +9,7 @@ import time
 from types import ModuleType
 
 from imgclassify.logs import configure_logging
-from imgclassify.memory import limit_malloc_arenas
+from imgclassify.memory import tune_malloc
 from imgclassify.settings import Settings
 
 from .http import HttpApp
@@ -53,7 +53,7 @@ def create_http_app(function: str, settings: Settings | None = None) -> HttpApp:
     """Start an instance of ``function``: logging, settings from the environment, the app, its warm-up."""
     started = time.perf_counter()
     configure_logging()
-    limit_malloc_arenas()
+    tune_malloc()
     settings = settings or Settings.from_env()
     module = app_module(function)
     app = module.build(settings)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from imgclassify.errors import ServiceError
-from imgclassify.memory import release_free_memory_now_and_then
+from imgclassify.memory import request_in_flight
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.settings import Settings
 
@@ -56,6 +56,10 @@ class ClassifyService:
         return self._run(request, embeddings, check=lambda model: model.require_features())
 
     def _run(self, request: ClassifyRequest, operation, check=None) -> dict:
+        with request_in_flight():
+            return self._serve(request, operation, check)
+
+    def _serve(self, request: ClassifyRequest, operation, check=None) -> dict:
         started = time.perf_counter()
         # built by now, or here (waiting for a build already running); a refused build answers from memory
         model, cold = self.registry.serve(request.model, check)
@@ -68,7 +72,6 @@ class ClassifyService:
         # showed the lane no faster at 1 or 16 clients and slower at 8.
         answer = operation(model, inputs)
         finished = time.perf_counter()
-        release_free_memory_now_and_then()
         return {
             "model": {"name": model.manifest.name, "version": model.manifest.version,
                       "random_init": model.manifest.random_init},

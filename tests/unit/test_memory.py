@@ -1,4 +1,4 @@
-"""What the service's malloc tuning (imgclassify/memory.py) gives back to the system."""
+"""What the service's malloc tuning (imgclassify/memory.py) keeps for reuse and gives back to the system."""
 
 from __future__ import annotations
 
@@ -9,53 +9,136 @@ from pathlib import Path
 
 import pytest
 
+from imgclassify import memory
+
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
-                                reason="glibc's malloc on Linux")
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
+                           reason="glibc's malloc on Linux")
 
-# A fresh process (arenas are fixed once threads have them): a freed 24 MB block raises glibc's
-# dynamic mmap threshold, as a freed model download does, so a request thread's 16 MB block
-# (a forward's activations) comes from an arena's heap; once freed, it sits at that heap's top.
-FREE_ON_A_THREAD = """
+# Run in a fresh process (arenas and thresholds are fixed once memory is in use) with the
+# service's tuning (argument "service") or one mallopt(parameter, value) instead of it.
+PROCESS = """
 import ctypes, os, sys, threading
 from devstack.processes import rss_kib
-from imgclassify.memory import limit_malloc_arenas, release_free_memory
+from imgclassify import memory
 
-limit_malloc_arenas(*map(int, sys.argv[1:]))
-libc = ctypes.CDLL("libc.so.6")
+if sys.argv[1] == "service":
+    memory.tune_malloc()
+else:
+    memory._libc().mallopt(int(sys.argv[1]), int(sys.argv[2]))
+libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 MB = 2**20
 
 def resident_anonymous_mb():
     return rss_kib(os.getpid(), field="RssAnon") / 1024
 
-def use_and_free(size):
-    block = libc.malloc(size)
-    ctypes.memset(block, 1, size)
-    libc.free(block)
+def used(count, size):
+    blocks = [libc.malloc(size) for _ in range(count)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    return blocks
 
-use_and_free(24 * MB)
-release_free_memory()
+"""
+
+# A freed 24 MB block raises glibc's dynamic mmap threshold, as a freed model download does, so a
+# request thread's 16 MB block (a forward's activations) comes from an arena's heap; once freed,
+# it sits at that heap's top. Prints what the release leaves resident.
+FREED_ON_A_THREAD = PROCESS + """
+libc.free(*used(1, 24 * MB))
+memory.release_free_memory()
 before = resident_anonymous_mb()
-thread = threading.Thread(target=use_and_free, args=(16 * MB,))
+thread = threading.Thread(target=lambda: libc.free(*used(1, 16 * MB)))
 thread.start()
 thread.join()
-release_free_memory()
+memory.release_free_memory()
 print(resident_anonymous_mb() - before)
 """
 
+# Four concurrent forwards free 8 MB of activations each (one forward alone first, as a warm
+# instance has run). Prints what stays resident after the frees, then after the release.
+FREED_TOGETHER = PROCESS + """
+libc.free(*used(1, 8 * MB))
+memory.release_free_memory()
+before = resident_anonymous_mb()
+for block in used(4, 8 * MB):
+    libc.free(block)
+kept = resident_anonymous_mb() - before
+memory.release_free_memory()
+print(kept, resident_anonymous_mb() - before)
+"""
 
-def kept_after_release_mb(*arenas: int) -> float:
-    result = subprocess.run([sys.executable, "-c", FREE_ON_A_THREAD, *map(str, arenas)], cwd=REPO,
+
+def resident_mb(script: str, *setting: int | str) -> list[float]:
+    result = subprocess.run([sys.executable, "-c", script, *map(str, setting)], cwd=REPO,
                             capture_output=True, text=True, timeout=60, check=True)
-    return float(result.stdout)
+    return [float(value) for value in result.stdout.split()]
 
 
-def test_memory_a_request_thread_freed_is_given_back_by_the_periodic_release():
-    assert kept_after_release_mb() < 1
+@glibc
+def test_a_block_a_request_thread_freed_is_given_back_by_the_release():
+    assert resident_mb(FREED_ON_A_THREAD, "service")[0] < 1
 
 
+@glibc
 def test_with_a_second_arena_the_release_would_keep_a_thread_s_freed_block():
     # why the service keeps one arena: malloc_trim never trims another arena's top
-    assert kept_after_release_mb(2) > 15
+    assert resident_mb(FREED_ON_A_THREAD, memory._M_ARENA_MAX, 2)[0] > 15
+
+
+@glibc
+def test_what_concurrent_forwards_free_stays_for_the_next_requests_until_the_release():
+    kept, after_release = resident_mb(FREED_TOGETHER, "service")
+    assert kept > 31  # all four 8 MB blocks: the next forwards reuse their pages without faulting
+    assert after_release < 1
+
+
+@glibc
+def test_with_glibc_s_dynamic_thresholds_free_would_give_them_back_at_once():
+    # why the service fixes its thresholds: the next requests faulted the same pages in again
+    kept, _ = resident_mb(FREED_TOGETHER, memory._M_ARENA_MAX, 1)
+    assert kept < 1
+
+
+@pytest.fixture
+def releases(monkeypatch) -> list[float]:
+    """Every release_free_memory call, with a fresh count of requests in flight."""
+    calls: list[float] = []
+    monkeypatch.setattr(memory, "_REQUESTS", memory._Requests())
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1))
+    return calls
+
+
+def test_a_lone_request_releases_freed_memory(releases):
+    with memory.request_in_flight():
+        pass
+    assert len(releases) == 1
+
+
+def test_requests_that_overlap_leave_freed_memory_to_the_next_ones(releases):
+    with memory.request_in_flight():
+        with memory.request_in_flight():
+            pass
+        assert releases == []  # another request is still running: it reuses what this one freed
+    assert releases == []  # the last one, too: under load the next request comes at once
+    with memory.request_in_flight(quiet_seconds=0):
+        pass
+    assert len(releases) == 1  # once the requests stop overlapping
+
+
+def test_memory_is_released_at_most_once_per_interval(releases):
+    for _ in range(3):
+        with memory.request_in_flight(release_every_seconds=60):
+            pass
+    assert len(releases) == 1
+    with memory.request_in_flight(release_every_seconds=0):
+        pass
+    assert len(releases) == 2
+
+
+def test_a_request_that_fails_still_leaves_the_count(releases):
+    with pytest.raises(RuntimeError), memory.request_in_flight():
+        raise RuntimeError("a bad image")
+    assert memory._REQUESTS.running == 0
+    assert len(releases) == 1
