@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from imgclassify import memory
 
 REPO = Path(__file__).resolve().parents[2]
 
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or memory._libc() is None,
                            reason="glibc's malloc on Linux")
 
 # Run in a fresh process (arenas and thresholds are fixed once memory is in use) with the
