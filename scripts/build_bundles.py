@@ -320,6 +320,19 @@ def build_bundle(function: str, out_dir: Path, snapshot_store: str | None = None
     With ``snapshot_store``, the classify bundle carries a snapshot of that store's default model
     (``default_model`` if given).
     """
+    return zip_bundle(assemble_bundle(function, out_dir, snapshot_store, default_model, say, name))
+
+
+def zip_bundle(bundle: Path) -> Path:
+    """Write the bundle directory's zip beside it; return the zip's path."""
+    zip_path = bundle.parent / f"{bundle.name}.zip"
+    write_deterministic_zip(bundle, zip_path)
+    return zip_path
+
+
+def assemble_bundle(function: str, out_dir: Path, snapshot_store: str | None = None,
+                    default_model: str | None = None, say=print, name: str | None = None) -> Path:
+    """The directory ``out_dir/NAME/`` of :func:`build_bundle`, without its zip."""
     if function not in FUNCTIONS:
         raise SystemExit(f"unknown function {function!r}; expected one of {', '.join(FUNCTIONS)}")
     name = name or function
@@ -335,9 +348,7 @@ def build_bundle(function: str, out_dir: Path, snapshot_store: str | None = None
     (bundle / "requirements.txt").write_text(requirements_for(function))
     if function == "classify" and snapshot_store:
         say(f"{name}: {add_snapshot(bundle, snapshot_store, default_model)}")
-    zip_path = out_dir / f"{name}.zip"
-    write_deterministic_zip(bundle, zip_path)
-    return zip_path
+    return bundle
 
 
 def build_dedicated_bundles(out_dir: Path, snapshot_store: str | None, dedicated: dict[str, str],
@@ -358,13 +369,12 @@ def build_dedicated_bundles(out_dir: Path, snapshot_store: str | None, dedicated
         if snapshot_store is None:
             say(f"{name}: runs the classify bundle (built without snapshots)")
             continue
-        zip_path = build_bundle("classify", out_dir, snapshot_store, model, say, name)
-        if not (out_dir / name / declared("MODEL_SNAPSHOT_DIR").default).is_dir():
-            shutil.rmtree(out_dir / name)
-            zip_path.unlink()
+        bundle = assemble_bundle("classify", out_dir, snapshot_store, model, say, name)
+        if not (bundle / declared("MODEL_SNAPSHOT_DIR").default).is_dir():
+            shutil.rmtree(bundle)  # before it is zipped: Terraform would deploy the zip
             say(f"{name}: runs the classify bundle (no snapshot of {model})")
             continue
-        zips.append(zip_path)
+        zips.append(zip_bundle(bundle))
     return zips
 
 
