@@ -175,7 +175,7 @@ def prepare_snapshot(snapshot: ModelSnapshot, options: EngineOptions) -> Prepare
     try:
         engine = engine_for(held, options)
         read = snapshot.prefetched(engine.artifact)
-        if read is None:
+        if read is None or read[1] != held.artifacts[engine.artifact].sha256:  # the load refuses such bytes
             return None
         prepared = engine.prepare(held, read[0])
     except Exception as error:  # noqa: BLE001 - an optimisation; the build will say what is wrong

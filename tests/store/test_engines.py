@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import replace
 
@@ -216,14 +218,55 @@ def test_a_model_of_other_bytes_does_not_adopt_what_was_prepared(store, tmp_path
     assert not other.adopt(ahead) and "prepared_ahead" not in other.load_ms
 
 
+def replace_snapshot_graph(snapshot, data: bytes, *, in_its_manifest: bool) -> None:
+    """Put ``data`` in ``snapshot`` as its model.onnx; with ``in_its_manifest`` its manifest names their sha256."""
+    (snapshot.directory / "model.onnx").write_bytes(data)
+    if in_its_manifest:
+        path = snapshot.directory / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["artifacts"]["onnx"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        path.write_text(json.dumps(manifest))
+
+
 def test_a_snapshot_graph_that_breaks_the_rules_is_not_handed_to_the_runtime_ahead(store, tmp_path, caplog):
     from imgclassify.runtime.models import prepare_snapshot
 
     snapshot = snapshot_of(store, tmp_path, colour_classifier(40))
-    (snapshot.directory / "model.onnx").write_bytes(serialized(with_subgraph(colour_classifier(40), "/etc/shadow")))
+    bad = serialized(with_subgraph(colour_classifier(40), "/etc/shadow"))
+    replace_snapshot_graph(snapshot, bad, in_its_manifest=True)
 
     assert prepare_snapshot(snapshot, EngineOptions(threads=2)) is None
     assert "could not prepare tiny@1 from the snapshot ahead" in caplog.text and "external data" in caplog.text
+
+
+def test_snapshot_bytes_that_differ_from_its_own_manifest_are_not_prepared(store, tmp_path, monkeypatch):
+    from imgclassify.runtime import onnx_rules
+    from imgclassify.runtime.models import prepare_snapshot
+
+    snapshot = snapshot_of(store, tmp_path, colour_classifier(40))
+    replace_snapshot_graph(snapshot, serialized(colour_classifier(40, seed=1)), in_its_manifest=False)
+    monkeypatch.setattr(onnx_rules, "check_onnx", lambda data: pytest.fail("parsed bytes the load will refuse"))
+
+    assert prepare_snapshot(snapshot, EngineOptions(threads=2)) is None
+
+
+def test_a_start_from_a_snapshot_parses_the_rules_once_and_other_bytes_again(store, tmp_path, monkeypatch):
+    from imgclassify.runtime import onnx_rules
+    from imgclassify.runtime.models import prepare_snapshot
+
+    parsed = []
+    check_onnx = onnx_rules.check_onnx
+    monkeypatch.setattr(onnx_rules, "check_onnx", lambda data: parsed.append(len(data)) or check_onnx(data))
+    snapshot = snapshot_of(store, tmp_path, colour_classifier(40))
+    options = EngineOptions(threads=2)
+    ahead = prepare_snapshot(snapshot, options)
+    model = load_model(store, read_manifest(store, "tiny", "1"), options, snapshot)
+    assert model.adopt(ahead) and len(parsed) == 1
+
+    other = serialized(colour_classifier(40, seed=1))
+    publish(store, forty_classes("2"), {"onnx": other})
+    load_model(store, read_manifest(store, "tiny", "2"), options)
+    assert parsed[1:] == [len(other)]
 
 
 def eight_bit(model: onnx.ModelProto) -> onnx.ModelProto:
