@@ -12,7 +12,7 @@ the rules, see ``[tool.importlinter]`` in pyproject.toml and ``make lint``)::
     store/       objects in gs:// or a directory, manifests, the catalog and an instance's view of it
     imaging/     safe decode and preprocessing
         ──────── the two above never import each other
-    errors, settings, logs, memory     the ground: shared facts and plumbing, standard library only
+    errors, settings, logs, memory, inflight, top_k   the ground: shared facts and plumbing, standard library only
 
 Entry points:
 

@@ -29,20 +29,17 @@ thread); :meth:`Engine.build` then runs in the worker.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
-import threading
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from imgclassify.errors import EmbeddingsUnavailable, EngineUnavailable, IntegrityError
+from imgclassify.inflight import InFlight
 from imgclassify.settings import Settings
 from imgclassify.store.catalog import Manifest
 
@@ -77,37 +74,13 @@ class EngineOptions:
         return self.threads or len(os.sched_getaffinity(0))
 
 
-class _Forwards:
-    """How many forwards run in this process now, across all models (they share its cores)."""
-
-    # A forward runs wide only if none has overlapped another for this long: under load, one that
-    # happens to start alone would otherwise take every core from the requests decoding beside it.
-    QUIET_SECONDS = 0.1
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.running = 0
-        self._overlapped_at = -self.QUIET_SECONDS
-
-    @contextlib.contextmanager
-    def start(self) -> Iterator[bool]:
-        """Count one forward while the block runs; yields whether it may use every core."""
-        now = time.monotonic()
-        with self._lock:
-            if self.running:
-                self._overlapped_at = now
-            alone = not self.running and now - self._overlapped_at >= self.QUIET_SECONDS
-            self.running += 1
-        try:
-            yield alone
-        finally:
-            with self._lock:
-                self.running -= 1
-
-
-FORWARDS = _Forwards()
+# The forwards in flight in this process, across all models (they share its cores).
+FORWARDS = InFlight()
 # A forward of the parent may not outlive the fork: the worker starts with none running.
-os.register_at_fork(after_in_child=lambda: FORWARDS.__init__())
+os.register_at_fork(after_in_child=FORWARDS.reset)
+# A forward runs wide only if none has overlapped another for this long: under load, one that
+# happens to start alone would otherwise take every core from the requests decoding beside it.
+QUIET_SECONDS = 0.1
 
 
 class Network(ABC):
@@ -185,8 +158,11 @@ class OnnxRuntimeNetwork(Network):
         return self.wide
 
     def _run(self, output: str, batch: np.ndarray) -> np.ndarray:
-        with FORWARDS.start() as alone:
-            return (self.wide if alone else self.narrow).run([output], {self.input_name: batch})[0]
+        session = self.wide if FORWARDS.enter(quiet_for=QUIET_SECONDS) else self.narrow
+        try:
+            return session.run([output], {self.input_name: batch})[0]
+        finally:
+            FORWARDS.leave()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._run(self.scores_name, batch)

@@ -13,6 +13,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from imgclassify.errors import EngineUnavailable, IntegrityError
+from imgclassify.inflight import InFlight
 from imgclassify.publish.catalog_writes import publish
 from imgclassify.publish.sources import serialize_weights
 from imgclassify.runtime.engines import EngineOptions, OnnxRuntimeEngine, TorchEngine, engine_for
@@ -310,14 +311,28 @@ def test_a_forward_that_starts_beside_another_runs_on_the_one_thread_session(sto
     used = []
     for session in (network.narrow, network.wide):
         monkeypatch.setattr(session, "run", lambda outputs, feeds, s=session: used.append(s) or [np.zeros((1, 40))])
-    monkeypatch.setattr(engines, "FORWARDS", engines._Forwards())
+    monkeypatch.setattr(engines, "FORWARDS", InFlight())
     batch = np.zeros((1, 3, 8, 8), dtype=np.float32)
 
     network.run(batch)
-    with engines.FORWARDS.start():
-        network.run(batch)
+    engines.FORWARDS.enter()
+    network.run(batch)
 
-    assert used == [network.wide, network.narrow]
+    assert used == [network.wide, network.narrow] and engines.FORWARDS.running == 1
+
+
+def test_a_forward_the_runtime_fails_is_no_longer_counted(store, monkeypatch):
+    from imgclassify.runtime import engines
+
+    network = OnnxRuntimeEngine(EngineOptions(threads=2)).build(publish_graph(store, colour_classifier(40)),
+                                                                serialized(colour_classifier(40)))
+    monkeypatch.setattr(network.wide, "run", lambda outputs, feeds: 1 / 0)
+    monkeypatch.setattr(engines, "FORWARDS", InFlight())
+
+    with pytest.raises(ZeroDivisionError):
+        network.run(np.zeros((1, 3, 8, 8), dtype=np.float32))
+
+    assert engines.FORWARDS.running == 0
 
 
 # --- loading: verified bytes, checked, built lazily --------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from imgclassify import memory
+from imgclassify.inflight import InFlight
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,7 +105,8 @@ def test_with_glibc_s_dynamic_thresholds_free_would_give_them_back_at_once():
 def releases(monkeypatch) -> list[float]:
     """Every release_free_memory call, with a fresh count of requests in flight."""
     calls: list[float] = []
-    monkeypatch.setattr(memory, "_REQUESTS", memory._Requests())
+    monkeypatch.setattr(memory, "REQUESTS", InFlight())
+    monkeypatch.setattr(memory, "_released_at", -float("inf"))
     monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1))
     return calls
 
@@ -139,5 +141,5 @@ def test_memory_is_released_at_most_once_per_interval(releases):
 def test_a_request_that_fails_still_leaves_the_count(releases):
     with pytest.raises(RuntimeError), memory.request_in_flight():
         raise RuntimeError("a bad image")
-    assert memory._REQUESTS.running == 0
+    assert memory.REQUESTS.running == 0
     assert len(releases) == 1

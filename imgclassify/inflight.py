@@ -1,0 +1,43 @@
+"""Work in flight in this process: how many of one kind run now, and when two last overlapped.
+
+Two policies ask it: the engines' (a forward that runs alone, with none overlapping another
+for a while, gets every core) and the memory release's (only after a request that ends with
+none in flight and none overlapping for a while).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class InFlight:
+    """A count of one kind of work in flight, and the last time two of them were in flight at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self._overlapped_at = -float("inf")
+
+    def enter(self, quiet_for: float = 0.0) -> bool:
+        """Count one in; whether it runs alone, with none overlapping another for ``quiet_for`` s."""
+        now = time.monotonic()
+        with self._lock:
+            if self.running:
+                self._overlapped_at = now
+            self.running += 1
+            return self.running == 1 and now - self._overlapped_at >= quiet_for
+
+    def leave(self, quiet_for: float = 0.0) -> bool:
+        """Count one out; whether it leaves none in flight, with none overlapping another for
+        ``quiet_for`` s. Call it once for each :meth:`enter`, however the work ended."""
+        now = time.monotonic()
+        with self._lock:
+            if self.running > 1:  # it overlapped another until now
+                self._overlapped_at = now
+            self.running -= 1
+            return self.running == 0 and now - self._overlapped_at >= quiet_for
+
+    def reset(self) -> None:
+        """Forget what was counted (a forked child runs none of its parent's work)."""
+        self.__init__()
