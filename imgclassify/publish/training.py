@@ -576,7 +576,7 @@ def load_backbone(store: ObjectStore, ref: str) -> tuple[LoadedModel, bytes]:
         raise InvalidTrainingSet(f"backbone {manifest.name}@{manifest.version} has no feature output; run "
                                  f"`{MIGRATE_COMMAND} {manifest.name}` to republish it with one")
     # Every core for one batched forward at a time: the publisher is the only work here.
-    model = load_model(store, manifest, EngineOptions("onnxruntime", threads=0))
+    model = load_model(store, manifest, EngineOptions("onnxruntime", threads=0, memory_arena=True))
     data = store.download(manifest.artifacts["onnx"].object)
     verify_artifact(manifest, manifest.artifacts["onnx"], data)
     return model, data

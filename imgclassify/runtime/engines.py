@@ -63,6 +63,9 @@ class EngineOptions:
     # starts beside another always runs on one (see the module's docstring).
     threads: int = Settings.engine_threads
     spin: bool = Settings.engine_spin  # a lone forward's pool threads spin between operators (ENGINE_SPIN)
+    # Each session keeps its activations' memory between forwards (ONNX Runtime's arena): for a
+    # process that runs one model in large batches (the batch job, training); see session_options.
+    memory_arena: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -202,9 +205,12 @@ class OnnxRuntimeEngine(Engine):
         spin = self.options.spin and threads > 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.add_session_config_entry("session.force_spinning_stop", "1")
-        # An arena per session keeps its largest activations for good: three Lite models held
-        # 131 MB with one, 86 MB without (62 MB of ONNX), for no measurable speed on one thread.
-        options.enable_cpu_mem_arena = False
+        # The service runs without: an arena per session keeps its largest activations for good
+        # (three Lite models held 131 MB with one, 86 MB without, 62 MB of ONNX), for no measurable
+        # speed on one image. A batch of 8 Lite0 images (4 of Lite2) needs more than 32 MB for its
+        # activations, glibc's largest threshold for taking a block from the heap: without an arena
+        # it is mapped anew and faulted in at every forward, 1 666 to 2 245 faults per image.
+        options.enable_cpu_mem_arena = self.options.memory_arena
         options.log_severity_level = 3
         return options
 

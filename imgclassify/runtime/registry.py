@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from imgclassify.errors import IntegrityError, UnknownVersion
 from imgclassify.memory import release_free_memory
@@ -42,12 +43,13 @@ class ModelRegistry:
                    **options)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelRegistry:
-        """The registry the functions and the batch job build: store, cache budget, catalog TTL, engine."""
+    def from_settings(cls, settings: Settings, *, memory_arena: bool = False) -> ModelRegistry:
+        """The registry the functions and the batch job build: store, cache budget, catalog TTL, engine
+        (with ``memory_arena`` for large batches: :attr:`EngineOptions.memory_arena`)."""
         return cls.over(open_store(settings.model_store, **settings.gcs_options()),
                         catalog_ttl_seconds=settings.catalog_ttl_seconds, default_model=settings.default_model,
                         cache_budget_bytes=settings.cache_budget_bytes,
-                        engine_options=EngineOptions.from_settings(settings),
+                        engine_options=replace(EngineOptions.from_settings(settings), memory_arena=memory_arena),
                         load_wait_seconds=settings.model_load_wait_seconds,
                         snapshot=ModelSnapshot(snapshot_directory(settings.model_snapshot_dir)))
 

@@ -109,6 +109,25 @@ def test_pool_threads_spin_only_when_engine_spin_asks_and_there_is_more_than_one
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("memory_arena", [False, True])
+def test_sessions_keep_their_activations_memory_between_forwards_only_when_asked(store, threads, memory_arena):
+    manifest = publish_graph(store, colour_classifier(3))
+
+    network = OnnxRuntimeEngine(EngineOptions(threads=threads, memory_arena=memory_arena)).build(
+        manifest, serialized(colour_classifier(3)))
+
+    assert [session.get_session_options().enable_cpu_mem_arena
+            for session in (network.narrow, network.wide)] == [memory_arena, memory_arena]
+
+
+def test_the_functions_registry_runs_without_the_arena_and_the_batch_jobs_with_it(store):
+    settings = Settings.from_env({"MODEL_STORE": str(store.root)})
+
+    assert not ModelRegistry.from_settings(settings).engine_options.memory_arena
+    assert ModelRegistry.from_settings(settings, memory_arena=True).engine_options.memory_arena
+
+
 def test_the_engine_threads_setting_reaches_the_session_of_a_served_model(store):
     publish_graph(store, colour_classifier(3))
     settings = Settings.from_env({"MODEL_STORE": str(store.root), "ENGINE_THREADS": "2"})
