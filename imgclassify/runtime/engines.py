@@ -143,6 +143,14 @@ class Engine(ABC):
         deleted before this returns)."""
 
 
+# Without an arena (the service's sessions), one forward takes at most this many images. Per image a
+# larger batch gains nothing on a CPU, and its activations outgrow the 32 MB up to which glibc
+# takes a block from the heap, so they were mapped and faulted in anew at every forward: Lite0 on
+# two threads 9.3-9.9 ms per image in forwards of 2 to 4 images, 14.2-14.9 in one of 8 to 32
+# (1 666 minor faults per image); Lite2 19.4-21.2 against 23.3-25.4, and 3 images already faulted.
+IMAGES_PER_FORWARD_WITHOUT_ARENA = 2
+
+
 class OnnxRuntimeNetwork(Network):
     """A graph served by a ``wide`` session (a lone forward's threads) and a ``narrow`` one (one
     thread); each forward takes the one :data:`FORWARDS` says fits. With one thread to give,
@@ -150,6 +158,8 @@ class OnnxRuntimeNetwork(Network):
 
     def __init__(self, narrow, wide=None, weights: tuple = ()) -> None:
         self.narrow, self.wide, self._weights = narrow, wide or narrow, weights
+        self.images_per_forward = (None if narrow.get_session_options().enable_cpu_mem_arena
+                                   else IMAGES_PER_FORWARD_WITHOUT_ARENA)
         self.input_name = narrow.get_inputs()[0].name
         outputs = [output.name for output in narrow.get_outputs()]
         self.scores_name = outputs[0]
@@ -161,6 +171,15 @@ class OnnxRuntimeNetwork(Network):
         return self.wide
 
     def _run(self, output: str, batch: np.ndarray) -> np.ndarray:
+        step = self.images_per_forward
+        if step is None or len(batch) <= step:
+            return self._forward(output, batch)
+        import numpy as np
+
+        return np.concatenate([self._forward(output, batch[start:start + step])
+                               for start in range(0, len(batch), step)])
+
+    def _forward(self, output: str, batch: np.ndarray) -> np.ndarray:
         session = self.wide if FORWARDS.enter(quiet_for=QUIET_SECONDS) else self.narrow
         try:
             return session.run([output], {self.input_name: batch})[0]
@@ -207,9 +226,9 @@ class OnnxRuntimeEngine(Engine):
         options.add_session_config_entry("session.force_spinning_stop", "1")
         # The service runs without: an arena per session keeps its largest activations for good
         # (three Lite models held 131 MB with one, 86 MB without, 62 MB of ONNX), for no measurable
-        # speed on one image. A batch of 8 Lite0 images (4 of Lite2) needs more than 32 MB for its
-        # activations, glibc's largest threshold for taking a block from the heap: without an arena
-        # it is mapped anew and faulted in at every forward, 1 666 to 2 245 faults per image.
+        # speed on one image. Without one, a forward's activations come from malloc, and glibc maps
+        # those of a large batch anew at every forward, so the service's forwards take a few images
+        # at a time (IMAGES_PER_FORWARD_WITHOUT_ARENA); the batch job keeps an arena instead.
         options.enable_cpu_mem_arena = self.options.memory_arena
         options.log_severity_level = 3
         return options

@@ -322,6 +322,25 @@ def test_one_engine_thread_builds_one_session_for_every_forward(store):
     assert network.narrow is network.wide and network._weights == ()
 
 
+@pytest.mark.parametrize("memory_arena, forwards", [(False, [2, 2, 1]), (True, [5])])
+def test_without_an_arena_a_batch_runs_a_few_images_per_forward_with_the_same_answers(store, monkeypatch,
+                                                                                       memory_arena, forwards):
+    graph = colour_classifier(40)
+    manifest = publish_graph(store, graph)
+    network = OnnxRuntimeEngine(EngineOptions(threads=2, memory_arena=memory_arena)).build(manifest, serialized(graph))
+    batch = np.random.default_rng(0).random((5, 3, 8, 8), dtype=np.float32)
+    expected = network.wide.run(None, {network.input_name: batch})[0]  # all five in one forward
+    sizes = []
+    run = network.wide.run
+    monkeypatch.setattr(network.wide, "run", lambda outputs, feeds: sizes.append(len(feeds[network.input_name]))
+                        or run(outputs, feeds))
+
+    rows = network.run(batch)
+
+    assert sizes == forwards
+    np.testing.assert_allclose(rows, expected, rtol=0, atol=1e-6)
+
+
 def test_a_forward_that_starts_beside_another_runs_on_the_one_thread_session(store, monkeypatch):
     from imgclassify.runtime import engines
 
