@@ -15,7 +15,7 @@ The parts: :mod:`.plan` (listing, sharding, chunks, the pinned job and plan),
 from start to summary) and :mod:`.cli` (arguments and exit status).
 
 Import rule: :mod:`imgclassify.runtime` and below, never serving or the publisher: the job
-reads its images through :func:`imgclassify.store.objects.read_limited` and the ``top_k``
+reads its images through :meth:`imgclassify.store.objects.ObjectStore.read_limited` and the ``top_k``
 rule of :mod:`imgclassify.top_k`, as the API does.
 """
 

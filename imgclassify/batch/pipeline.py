@@ -14,7 +14,7 @@ import numpy as np
 from imgclassify.errors import ServiceError, StorageUnavailable
 from imgclassify.runtime.models import LoadedModel
 from imgclassify.settings import Settings
-from imgclassify.store.objects import GenerationMismatch, ObjectStore, read_limited
+from imgclassify.store.objects import GenerationMismatch, ObjectStore
 
 from .plan import BatchOptions, chunk_object
 from .progress import Progress
@@ -42,7 +42,7 @@ def image_preparer(source: ObjectStore, model: LoadedModel, settings: Settings) 
     """
     def prepare(name: str) -> np.ndarray | dict:
         try:
-            data = read_limited(source, name, settings.max_request_bytes)
+            data = source.read_limited(name, settings.max_request_bytes)
             return model.prepare(data, max_pixels=settings.max_image_pixels)
         except StorageUnavailable:
             raise

@@ -58,7 +58,7 @@ from imgclassify.store.catalog import (
     read_manifest,
     verify_artifact,
 )
-from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore, open_store, read_limited, split_gs_uri
+from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore, open_store, split_gs_uri
 
 from .catalog_writes import next_version, publish, refuse_existing
 from .errors import ExportMismatch, InvalidTrainingSet
@@ -215,7 +215,7 @@ class ImageReader:
         else:
             folder, name = os.path.split(os.path.abspath(uri))
             store = self._stores.setdefault(folder, LocalStore(folder))
-        return read_limited(store, name, self.max_bytes)
+        return store.read_limited(name, self.max_bytes)
 
 
 def augmented_views(image, rng: random.Random) -> list:

@@ -1,6 +1,6 @@
 """Where an input image's bytes come from: the request itself, an allowed bucket, or a URL.
 
-The API reads all three; objects are read by :func:`imgclassify.store.objects.read_limited`,
+The API reads all three; objects are read by :meth:`imgclassify.store.objects.ObjectStore.read_limited`,
 which the batch job uses for its input prefix under the same size limit.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from imgclassify.errors import ForbiddenSource
 from imgclassify.settings import Settings
-from imgclassify.store.objects import GcsStore, read_limited, split_gs_uri
+from imgclassify.store.objects import GcsStore, split_gs_uri
 
 from .inputs import ImageInput
 from .url_fetch import UrlFetcher, UrlPolicy
@@ -38,8 +38,7 @@ class ImageSources:
             bucket, name = split_gs_uri(image.gcs_uri)
             if bucket not in self.settings.allowed_gcs_buckets:
                 raise ForbiddenSource(f"bucket {bucket!r} is not one this service may read from")
-            return read_limited(GcsStore(bucket, **self.settings.gcs_options()), name,
-                                     self.settings.max_request_bytes)
+            return GcsStore(bucket, **self.settings.gcs_options()).read_limited(name, self.settings.max_request_bytes)
         if self.url_fetcher is None:
             raise ForbiddenSource("URL input is not enabled on this deployment; upload the image or use gcs_uri")
         return self.url_fetcher.fetch(image.url)

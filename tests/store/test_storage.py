@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import socket
 import time
@@ -9,7 +10,7 @@ import time
 import pytest
 
 import imgclassify.store.objects as storage
-from imgclassify.errors import InvalidGcsUri, StorageUnavailable
+from imgclassify.errors import InvalidGcsUri, PayloadTooLarge, StorageUnavailable
 from imgclassify.store.objects import (
     GcsStore,
     GenerationMismatch,
@@ -199,6 +200,36 @@ def test_download_of_a_missing_object_raises_object_not_found(store):
 
 # --- Cloud Storage specifics ---------------------------------------------------------------
 
+@pytest.mark.parametrize("size", [0, 1, 999, 1000])
+def test_read_limited_returns_an_object_up_to_the_limit(store, size):
+    store.write("in/a.jpg", b"x" * size)
+
+    assert store.read_limited("in/a.jpg", 1000) == b"x" * size
+
+
+def test_read_limited_refuses_an_object_over_the_limit_with_413_and_a_missing_one_with_404(store):
+    store.write("in/big.jpg", b"x" * 1001)
+
+    with pytest.raises(PayloadTooLarge, match="the limit is 1000") as too_large:
+        store.read_limited("in/big.jpg", 1000)
+    with pytest.raises(ObjectNotFound) as missing:
+        store.read_limited("in/none.jpg", 1000)
+
+    assert (too_large.value.status, missing.value.status) == (413, 404)
+
+
+def test_gcs_read_limited_gives_a_gzip_encoded_object_as_stored_never_inflated(new_bucket):
+    from google.cloud import storage as gcs
+
+    inflated, bucket = b"\xff" * 100_000, new_bucket()
+    blob = gcs.Client().bucket(bucket).blob("in/bomb.jpg")
+    blob.content_encoding = "gzip"
+    blob.upload_from_string(gzip.compress(inflated), content_type="image/jpeg")
+    store = GcsStore(bucket)
+
+    assert store.read_limited("in/bomb.jpg", 50_000) == gzip.compress(inflated)
+
+
 def test_gcs_download_in_slices_reassembles_the_object_exactly(new_bucket):
     slice_bytes = 64 * 1024
     store = GcsStore(new_bucket(), slice_bytes=slice_bytes, retry_seconds=2.0, timeout_seconds=10.0)
@@ -237,6 +268,7 @@ UNAVAILABLE_OPERATIONS = {
     "delete": lambda store: store.delete("a/b"),
     "list": lambda store: store.list("a/"),
     "download": lambda store: store.download("a/b"),
+    "read_limited": lambda store: store.read_limited("a/b", 1000),
 }
 
 
