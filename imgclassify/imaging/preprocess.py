@@ -57,10 +57,9 @@ def preprocess(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
         size = (spec.resize, max(spec.crop_size, int(spec.resize * height / width)))
     else:
         size = (max(spec.crop_size, int(spec.resize * width / height)), spec.resize)
-    image = image.resize(size, RESAMPLE[spec.interpolation])
     left = int(round((size[0] - spec.crop_size) / 2.0))
     top = int(round((size[1] - spec.crop_size) / 2.0))
-    pixels = np.asarray(image.crop((left, top, left + spec.crop_size, top + spec.crop_size)))
+    pixels = np.asarray(resized_crop(image, size, (left, top), spec.crop_size, RESAMPLE[spec.interpolation]))
     # ToTensor + Normalize's own float32 steps (x / 255, - mean, / std), straight into CHW: the
     # same bits as torchvision, in a third of the time of a lookup table per channel.
     scale, mean, std = _normalising_constants(tuple(spec.mean), tuple(spec.std))
@@ -69,6 +68,30 @@ def preprocess(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     chw -= mean
     chw /= std
     return chw
+
+
+def resized_crop(image: Image.Image, size: tuple[int, int], corner: tuple[int, int], crop: int,
+                 resample: int) -> Image.Image:
+    """``image.resize(size, resample).crop(...)`` of the ``crop`` square at ``corner``, the same pixels,
+    computing the second of Pillow's two passes only for the crop's columns (or rows).
+
+    Pillow resizes in two separable passes, each rounded to 8 bits; Pillow 13 runs the vertical
+    pass first where the height shrinks by more than twice as many pixels as the width (its
+    ``Resample.c``), else the horizontal one. The first pass here is Pillow's own over the whole
+    image; the crop's columns (rows) of it are then resized by the second pass alone, which treats
+    each column (row) on its own: the same arithmetic, on 224 of a 4:3 photo's 341 columns. (A
+    ``box=`` resize would compute less still, but Pillow takes the box in float32: it moved pixels
+    by a grey level in most sizes.)
+    """
+    width, height = image.size
+    left, top = corner
+    if image.mode not in ("RGB", "L"):  # Pillow resizes an alpha mode premultiplied: no second pass alone
+        return image.resize(size, resample).crop((left, top, left + crop, top + crop))
+    if height - size[1] > 0 and height - size[1] > (width - size[0]) * 2:  # Pillow 13: vertical first
+        rows = image.resize((width, size[1]), resample).crop((0, top, width, top + crop))
+        return rows.resize((size[0], crop), resample).crop((left, 0, left + crop, crop))
+    columns = image.resize((size[0], height), resample).crop((left, 0, left + crop, height))
+    return columns.resize((crop, size[1]), resample).crop((0, top, crop, top + crop))
 
 
 @functools.lru_cache(maxsize=64)

@@ -156,6 +156,43 @@ def test_matches_torchvision_to_float_rounding_up_to_an_aspect_ratio_of_sixteen(
     assert np.abs(tensor - torchvision_preprocess(image, IMAGENET)).max() <= TORCHVISION_ROUNDING
 
 
+def random_sizes(count: int, seed: int) -> list[tuple[int, int, int, int]]:
+    """(width, height, resize, crop): landscape and portrait photos up to an aspect ratio of 5,
+    shrunk and enlarged, with the crop sizes and resize ratios models use."""
+    rng = np.random.default_rng(seed)
+    sizes = []
+    for _ in range(count):
+        crop = int(rng.choice([33, 224, 240, 260, 299]))
+        resize = int(rng.choice([crop, round(crop / 0.875), crop + 32]))
+        short = int(rng.integers(max(8, resize // 3), resize * 2))
+        long = int(short * rng.uniform(1.0, 5.0))
+        sizes.append((short, long, resize, crop) if rng.random() < 0.5 else (long, short, resize, crop))
+    return sizes
+
+
+def pillow_resizes_vertically_first(width: int, height: int, resize: int) -> bool:
+    """Pillow 13's order of its two passes for the preprocessing's resize (its Resample.c)."""
+    new_width, new_height = ((resize, int(resize * height / width)) if width <= height
+                             else (int(resize * width / height), resize))
+    return height - new_height > 0 and height - new_height > (width - new_width) * 2
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "nearest"])
+def test_resizing_only_the_crops_columns_or_rows_gives_pillows_pixels_at_random_sizes(interpolation):
+    source = Image.fromarray(real_photo("astronaut"))
+    sizes = random_sizes(40, seed=sorted(PIL_FILTERS).index(interpolation))
+
+    for width, height, resize, crop in sizes:
+        image = source.resize((width, height))
+        spec = Preprocessing(resize=resize, crop_size=crop, interpolation=interpolation)
+
+        tensor = preprocess(image, spec)
+
+        assert np.array_equal(tensor, reference_preprocess(image, spec)), (width, height, resize, crop)
+    orders = {pillow_resizes_vertically_first(width, height, resize) for width, height, resize, _ in sizes}
+    assert orders == {True, False}
+
+
 @pytest.mark.parametrize("size", [(50, 801), (801, 50), (3, 1000), (1000, 3), (10, 400), (400, 10),
                                   (20, 1000), (1000, 20)])
 def test_beyond_an_aspect_ratio_of_sixteen_the_crop_is_within_a_source_pixel_of_torchvisions(size):
