@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
         threads = int(os.environ.get("ENGINE_THREADS", "0"))
         model, _ = ModelRegistry.over(store, cache_budget_bytes=2**31, catalog_ttl_seconds=3600,
-                                 engine_options=EngineOptions(threads=threads, memory_arena=True),  # as the job
+                                 engine_options=EngineOptions(threads=threads).for_batches(),  # as the job
                                  ).get(MODEL)
         forwards, tasks = [], []
         for repeat in range(args.repeats):

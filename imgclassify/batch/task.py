@@ -22,7 +22,7 @@ log = logging.getLogger(__package__)  # "imgclassify.batch" in every part, and u
 def run_task(options: BatchOptions, settings: Settings) -> dict:
     """Classify this task's share of the images, skipping chunks already written; return the summary."""
     started = time.monotonic()
-    registry = ModelRegistry.from_settings(settings, memory_arena=True)  # one model, batches of --batch-size
+    registry = ModelRegistry.from_settings(settings, batches=True)  # one model, batches of --batch-size
     source = open_store(options.input, **settings.gcs_options())
     output = open_store(options.output, **settings.gcs_options())
     check_input(source)

@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from imgclassify.errors import EmbeddingsUnavailable, EngineUnavailable, IntegrityError
@@ -71,6 +71,12 @@ class EngineOptions:
     def from_settings(cls, settings: Settings) -> EngineOptions:
         """The options the ``ENGINE``, ``ENGINE_THREADS`` and ``ENGINE_SPIN`` settings ask for."""
         return cls(settings.engine, settings.engine_threads, settings.engine_spin)
+
+    def for_batches(self) -> EngineOptions:
+        """These options for one model run in large batches beside threads that prepare the next (the
+        batch job): each session keeps an arena, and a lone forward's threads never spin, which would
+        take the preparing threads' CPU (one task, 384 images: 111.8 against 115.0 images/s)."""
+        return replace(self, memory_arena=True, spin=False)
 
     def intra_op_threads(self) -> int:
         """The threads of a forward that runs alone."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 
 from imgclassify.errors import IntegrityError, UnknownVersion
 from imgclassify.memory import release_free_memory
@@ -43,13 +42,14 @@ class ModelRegistry:
                    **options)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, memory_arena: bool = False) -> ModelRegistry:
+    def from_settings(cls, settings: Settings, *, batches: bool = False) -> ModelRegistry:
         """The registry the functions and the batch job build: store, cache budget, catalog TTL, engine
-        (with ``memory_arena`` for large batches: :attr:`EngineOptions.memory_arena`)."""
+        (with ``batches``, the batch job's: :meth:`EngineOptions.for_batches`)."""
+        engine_options = EngineOptions.from_settings(settings)
         return cls.over(open_store(settings.model_store, **settings.gcs_options()),
                         catalog_ttl_seconds=settings.catalog_ttl_seconds, default_model=settings.default_model,
                         cache_budget_bytes=settings.cache_budget_bytes,
-                        engine_options=replace(EngineOptions.from_settings(settings), memory_arena=memory_arena),
+                        engine_options=engine_options.for_batches() if batches else engine_options,
                         load_wait_seconds=settings.model_load_wait_seconds,
                         snapshot=ModelSnapshot(snapshot_directory(settings.model_snapshot_dir)))
 

@@ -49,12 +49,6 @@ resource "google_cloud_run_v2_job" "batch" {
           name  = "ENGINE_THREADS"
           value = tostring(var.batch_cpu)
         }
-        # The job decodes the next images while a batch runs: spinning pool threads would take
-        # their CPU (bench/batch.py, 2 CPUs: 36.6 against 30.1 ms of CPU per image).
-        env {
-          name  = "ENGINE_SPIN"
-          value = "false"
-        }
       }
     }
   }

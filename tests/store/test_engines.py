@@ -121,11 +121,14 @@ def test_sessions_keep_their_activations_memory_between_forwards_only_when_asked
             for session in (network.narrow, network.wide)] == [memory_arena, memory_arena]
 
 
-def test_the_functions_registry_runs_without_the_arena_and_the_batch_jobs_with_it(store):
-    settings = Settings.from_env({"MODEL_STORE": str(store.root)})
+def test_the_functions_registry_runs_without_the_arena_and_the_batch_jobs_with_it_and_never_spins(store):
+    settings = Settings.from_env({"MODEL_STORE": str(store.root), "ENGINE_SPIN": "true"})
 
-    assert not ModelRegistry.from_settings(settings).engine_options.memory_arena
-    assert ModelRegistry.from_settings(settings, memory_arena=True).engine_options.memory_arena
+    functions, batches = (ModelRegistry.from_settings(settings).engine_options,
+                          ModelRegistry.from_settings(settings, batches=True).engine_options)
+
+    assert (functions.memory_arena, functions.spin) == (False, True)
+    assert (batches.memory_arena, batches.spin) == (True, False)
 
 
 def test_the_engine_threads_setting_reaches_the_session_of_a_served_model(store):
