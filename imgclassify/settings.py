@@ -158,7 +158,7 @@ SETTINGS: tuple[Setting, ...] = (
             "per CPU); one that starts beside another runs on one thread (see docs/performance.md)",
             field="engine_threads", low=0, high=256),
     Setting("ENGINE_SPIN", "bool", True, "let a lone forward pass's threads spin between operators instead of "
-            "sleeping (they stop when it returns)", field="engine_spin"),
+            "sleeping (they stop when it returns); the batch job's never spin", field="engine_spin"),
     Setting("GOOGLE_CLOUD_PROJECT", "str", None, "project id used in log trace fields",
             field="google_cloud_project", shown_default="none"),
     Setting("URL_FETCH_ENABLED", "bool", True, "accept `{\"url\": ...}` inputs", field="url_fetch_enabled"),
