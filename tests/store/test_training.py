@@ -16,7 +16,7 @@ import pytest
 from imgclassify.publish.cli import main
 from imgclassify.publish.graphs import with_feature_output
 from imgclassify.publish.sources import publish_bundled
-from imgclassify.publish.training import LabelledImage, TrainOptions, assign_splits, train_classifier
+from imgclassify.publish.training import LabelledImage, TrainOptions, assign_splits, load_backbone, train_classifier
 from imgclassify.runtime.engines import EngineOptions
 from imgclassify.runtime.models import load_model
 from imgclassify.runtime.onnx_rules import check_onnx
@@ -153,6 +153,13 @@ def test_a_source_that_is_neither_folder_prefix_nor_csv_is_refused(backbone_stor
 
 
 # --- splits --------------------------------------------------------------------------------
+
+
+def test_the_backbone_runs_as_the_batch_job_does_with_an_arena_and_no_spinning(backbone_store):
+    model, _ = load_backbone(backbone_store, BACKBONE)
+
+    assert model.engine.options == EngineOptions("onnxruntime", threads=0).for_batches()
+    assert (model.engine.options.memory_arena, model.engine.options.spin) == (True, False)
 
 
 def test_splits_hold_out_a_share_of_every_label_and_keep_identical_images_together():
