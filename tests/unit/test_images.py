@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -594,7 +595,9 @@ def test_the_orientation_is_applied_even_when_another_entry_makes_pillow_drop_th
     # Pillow then drops every tag of the directory, orientation included.
     block = exif_block(ORIENTATION_6, (0x010F, 3, 3, b"!"))
     data = encode(quadrants(), "JPEG", quality=95, exif=block)
-    assert Image.open(io.BytesIO(data)).getexif().get(EXIF_ORIENTATION) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's own "Truncated File Read" for this block
+        assert Image.open(io.BytesIO(data)).getexif().get(EXIF_ORIENTATION) is None
 
     image = decode(data)
 
