@@ -152,14 +152,14 @@ def test_a_source_that_is_neither_folder_prefix_nor_csv_is_refused(backbone_stor
                    "is not a folder, a gs:// prefix or a .csv file")
 
 
-# --- splits --------------------------------------------------------------------------------
-
-
 def test_the_backbone_runs_as_the_batch_job_does_with_an_arena_and_no_spinning(backbone_store):
     model, _ = load_backbone(backbone_store, BACKBONE)
 
     assert model.engine.options == EngineOptions("onnxruntime", threads=0).for_batches()
     assert (model.engine.options.memory_arena, model.engine.options.spin) == (True, False)
+
+
+# --- splits --------------------------------------------------------------------------------
 
 
 def test_splits_hold_out_a_share_of_every_label_and_keep_identical_images_together():
