@@ -75,9 +75,8 @@ def resized_crop(image: Image.Image, size: tuple[int, int], corner: tuple[int, i
     """``image.resize(size, resample).crop(...)`` of the ``crop`` square at ``corner``, the same pixels,
     computing the second of Pillow's two passes only for the crop's columns (or rows).
 
-    Pillow resizes in two separable passes, each rounded to 8 bits; Pillow 13 runs the vertical
-    pass first where the height shrinks by more than twice as many pixels as the width (its
-    ``Resample.c``), else the horizontal one. The first pass here is Pillow's own over the whole
+    Pillow resizes in two separable passes, each rounded to 8 bits, in the order
+    :func:`pillow_resizes_vertically_first` gives. The first pass here is Pillow's own over the whole
     image; the crop's columns (rows) of it are then resized by the second pass alone, which treats
     each column (row) on its own: the same arithmetic, on 224 of a 4:3 photo's 341 columns. (A
     ``box=`` resize would compute less still, but Pillow takes the box in float32: it moved pixels
@@ -87,11 +86,18 @@ def resized_crop(image: Image.Image, size: tuple[int, int], corner: tuple[int, i
     left, top = corner
     if image.mode not in ("RGB", "L"):  # Pillow resizes an alpha mode premultiplied: no second pass alone
         return image.resize(size, resample).crop((left, top, left + crop, top + crop))
-    if height - size[1] > 0 and height - size[1] > (width - size[0]) * 2:  # Pillow 13: vertical first
+    if pillow_resizes_vertically_first(image.size, size):
         rows = image.resize((width, size[1]), resample).crop((0, top, width, top + crop))
         return rows.resize((size[0], crop), resample).crop((left, 0, left + crop, crop))
     columns = image.resize((size[0], height), resample).crop((left, 0, left + crop, height))
     return columns.resize((crop, size[1]), resample).crop((0, top, crop, top + crop))
+
+
+def pillow_resizes_vertically_first(source: tuple[int, int], size: tuple[int, int]) -> bool:
+    """Whether Pillow 13 runs its vertical pass first when resizing ``source`` to ``size``: where the
+    height shrinks by more than twice as many pixels as the width (its ``Resample.c``)."""
+    shrunk_rows, shrunk_columns = source[1] - size[1], source[0] - size[0]
+    return shrunk_rows > 0 and shrunk_rows > shrunk_columns * 2
 
 
 @functools.lru_cache(maxsize=64)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from torchvision import transforms
 
-from imgclassify.imaging.preprocess import preprocess
+from imgclassify.imaging.preprocess import pillow_resizes_vertically_first, preprocess
 from imgclassify.runtime.scores import scores, top_k
 from imgclassify.store.catalog import Preprocessing
 from tests.support.photos import real_photo
@@ -35,12 +35,16 @@ def photo(request) -> Image.Image:
     return Image.fromarray(real_photo(request.param))
 
 
+def reference_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """torchvision's Resize(int): the shorter side to ``resize``, the longer in proportion (floored)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize, int(resize * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
 def reference_preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     """Written from the torchvision recipe, independently of imgclassify.runtime.scores."""
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = spec.resize, int(spec.resize * long / short)
-    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+    new_size = reference_size(*image.size, spec.resize)
     resized = image.resize(new_size, PIL_FILTERS[spec.interpolation])
     left = int(round((new_size[0] - spec.crop_size) / 2.0))
     top = int(round((new_size[1] - spec.crop_size) / 2.0))
@@ -170,13 +174,6 @@ def random_sizes(count: int, seed: int) -> list[tuple[int, int, int, int]]:
     return sizes
 
 
-def pillow_resizes_vertically_first(width: int, height: int, resize: int) -> bool:
-    """Pillow 13's order of its two passes for the preprocessing's resize (its Resample.c)."""
-    new_width, new_height = ((resize, int(resize * height / width)) if width <= height
-                             else (int(resize * width / height), resize))
-    return height - new_height > 0 and height - new_height > (width - new_width) * 2
-
-
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "nearest"])
 def test_resizing_only_the_crops_columns_or_rows_gives_pillows_pixels_at_random_sizes(interpolation):
     source = Image.fromarray(real_photo("astronaut"))
@@ -189,8 +186,9 @@ def test_resizing_only_the_crops_columns_or_rows_gives_pillows_pixels_at_random_
         tensor = preprocess(image, spec)
 
         assert np.array_equal(tensor, reference_preprocess(image, spec)), (width, height, resize, crop)
-    orders = {pillow_resizes_vertically_first(width, height, resize) for width, height, resize, _ in sizes}
-    assert orders == {True, False}
+    orders = {pillow_resizes_vertically_first((width, height), reference_size(width, height, resize))
+              for width, height, resize, _ in sizes}
+    assert orders == {True, False}  # both of Pillow's pass orders were exercised
 
 
 @pytest.mark.parametrize("size", [(50, 801), (801, 50), (3, 1000), (1000, 3), (10, 400), (400, 10),
