@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from imgclassify.errors import PayloadTooLarge, ServiceError, UndecodableImage, UnsupportedMediaType
-from imgclassify.imaging.decode import decode_image, pixel_budget
+from imgclassify.imaging.decode import decode_image, over_white, pixel_budget
 from tests.support.bad_inputs import (
     MISTYPED_EXIF_TAGS,
     ORIENTATION_6,
@@ -347,6 +347,14 @@ def test_rgba_is_composited_on_white():
 
     assert image.mode == "RGB"
     assert pixels(image)[0].tolist() == [[255, 255, 255], list(RED), [127, 127, 127], list(BLUE)]
+
+
+def test_compositing_on_white_gives_pillows_alpha_composite_for_every_value_and_alpha():
+    value, alpha = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    rgba = Image.fromarray(np.stack([value, 255 - value, value // 2, alpha], axis=-1), "RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+
+    assert np.array_equal(pixels(over_white(rgba)), pixels(Image.alpha_composite(white, rgba).convert("RGB")))
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
