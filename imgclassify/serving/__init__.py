@@ -8,7 +8,8 @@ document), :mod:`.inputs` (what a classify request asks for, free of any framewo
 :mod:`.listing` (the operations, free of any framework), :mod:`.classify_app` and
 :mod:`.list_models_app` (the two functions' apps), :mod:`.bootstrap` (an instance's start).
 
-Import rule: :mod:`imgclassify.runtime` and below. The only home of werkzeug, and within it
-only the transport modules (http, request_parsing, the apps) import it: the operations do not.
+Import rule: :mod:`imgclassify.runtime` and below. The only home of werkzeug (and of
+python-multipart, request_parsing's multipart parser), and within it only the transport modules
+(http, request_parsing, the apps) import it: the operations do not.
 ``list_models`` imports no runtime or imaging module, so its bundle ships without them.
 """

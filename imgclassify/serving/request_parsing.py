@@ -3,7 +3,8 @@
 Bodies: raw image bytes (``image/*`` or ``application/octet-stream``); ``multipart/form-data``
 with one or more ``image`` file fields; JSON ``{"instances": [{"b64"} | {"gcs_uri"} | {"url"}]}``.
 The model comes from the path, the ``model`` query parameter, or the body's ``model``
-field; ``top_k`` from the query or the body. Uses werkzeug's request object only.
+field; ``top_k`` from the query or the body. Uses werkzeug's request object, and python-multipart's
+streaming parser for multipart bodies (:class:`MultipartForm`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from typing import Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import parse_options_header
 from werkzeug.wrappers import Request
 
 from imgclassify.errors import (
@@ -68,6 +70,109 @@ def _instance(index: int, item: Any) -> ImageInput:
     return ImageInput(url=value)
 
 
+# A multipart body holds at most this many parts, whatever their size (werkzeug's default limit).
+MAX_MULTIPART_PARTS = 1000
+# A multipart body is read this much at a time: the server's body reader and the parser run once per
+# read (an 824 KB photo's request: 30.8 ms of CPU in 64 KB reads, 28.9 in these), and the body is never
+# held twice, as its parts are kept.
+MULTIPART_READ_BYTES = 2**20
+
+
+class MultipartForm:
+    """A multipart body's ``image`` files, in order, and its first ``model`` and ``top_k`` fields,
+    read as werkzeug's form parser reads them (a part whose Content-Disposition has a filename is a
+    file, one without is a field), from python-multipart's streaming parser. werkzeug's compiled
+    two regular expressions around each request's new boundary and spooled a file over 500 KB to
+    disk to read it back (parsing a 42 KB photo's body: 0.68-1.16 ms, here 0.12-0.19). Parts that
+    are neither are skipped as they stream past; a part past ``max_images`` images or
+    :data:`MAX_MULTIPART_PARTS` parts stops the parse with 413."""
+
+    def __init__(self, max_images: int) -> None:
+        self.images: list[ImageInput] = []
+        self.fields: dict[str, str] = {}
+        self.ended = False  # the closing boundary was read
+        self._max_images = max_images
+        self._parts = 0
+        self._header = [b"", b""]
+        self._disposition = b""
+        self._name: str | None = None  # the current part's name, and whether it is a file
+        self._file = False
+        self._kept: list[bytes] | None = None  # the current part's data, if it is kept
+
+    @classmethod
+    def read(cls, request: Request, max_images: int) -> MultipartForm:
+        """Parse ``request``'s multipart body (its stream, within the request's length limit)."""
+        from python_multipart.exceptions import FormParserError
+        from python_multipart.multipart import MultipartParser
+
+        boundary = request.mimetype_params.get("boundary")
+        if not boundary:
+            raise InvalidRequest("the multipart body's Content-Type names no boundary")
+        form = cls(max_images)
+        parser = MultipartParser(boundary, form._callbacks())
+        try:
+            while chunk := request.stream.read(MULTIPART_READ_BYTES):
+                parser.write(chunk)
+        except FormParserError as error:
+            raise InvalidRequest(f"the multipart body cannot be parsed: {error}") from None
+        if not form.ended:
+            raise InvalidRequest("the multipart body ends before its closing boundary")
+        return form
+
+    def _callbacks(self) -> dict:
+        return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
+                "on_header_value": self._header_value, "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+                "on_part_end": self._part_end, "on_end": self._end}
+
+    def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_MULTIPART_PARTS:
+            raise PayloadTooLarge(f"the multipart body has more than {MAX_MULTIPART_PARTS} parts")
+        self._disposition, self._kept = b"", None
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header[0] += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header[1] += data[start:end]
+
+    def _header_end(self) -> None:
+        name, value = self._header
+        if name.strip().lower() == b"content-disposition":
+            self._disposition = value
+        self._header = [b"", b""]
+
+    def _headers_finished(self) -> None:
+        # werkzeug's reading of the header (python-multipart's drops an RFC 2231 filename*)
+        params = parse_options_header(self._disposition.decode("latin-1"))[1]
+        self._name, self._file = params.get("name"), "filename" in params
+        if self._file and self._name == "image":
+            if len(self.images) == self._max_images:
+                raise TooManyImages(f"the request has more than {self._max_images} images; the limit is "
+                                    f"{self._max_images}")
+            self._kept = []
+        elif not self._file and self._name in ("model", "top_k") and self._name not in self.fields:
+            self._kept = []
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._kept is not None:
+            self._kept.append(data[start:end])
+
+    def _part_end(self) -> None:
+        if self._kept is None:
+            return
+        value = b"".join(self._kept)
+        if self._file:
+            self.images.append(ImageInput(data=value))
+        else:
+            self.fields[self._name] = value.decode("utf-8", "replace")
+        self._kept = None
+
+    def _end(self) -> None:
+        self.ended = True
+
+
 def _parse_json(body: bytes, max_images: int) -> tuple[list[ImageInput], Any, Any]:
     try:
         payload = json.loads(body)
@@ -96,10 +201,11 @@ def parse_classify_request(request: Request, *, path_model: str | None, max_byte
     body_model = body_top_k = None
     try:
         if mimetype == "multipart/form-data":
-            images = [ImageInput(data=part.read()) for part in request.files.getlist("image")]
+            form = MultipartForm.read(request, max_images)
+            images = form.images
             if not images:
                 raise MissingImage('the multipart body has no "image" file field')
-            body_model, body_top_k = request.form.get("model"), request.form.get("top_k")
+            body_model, body_top_k = form.fields.get("model"), form.fields.get("top_k")
         else:
             body = request.get_data(cache=False)
             if len(body) > max_bytes:

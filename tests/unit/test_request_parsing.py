@@ -2,11 +2,14 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from urllib3.filepost import encode_multipart_formdata
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from imgclassify.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from imgclassify.serving.request_parsing import parse_classify_request
+from imgclassify.serving.request_parsing import MAX_MULTIPART_PARTS, MULTIPART_READ_BYTES, parse_classify_request
 from imgclassify.top_k import parse_top_k
 
 
@@ -60,6 +63,108 @@ def test_multipart_without_image_field_is_a_bad_request():
     with pytest.raises(InvalidRequest) as error:
         parse(request(data={"file": (BytesIO(b"one"), "a.jpg")}, content_type="multipart/form-data"))
     assert error.value.code == "MISSING_IMAGE"
+
+
+def multipart(parts: list[tuple[str, bool, bytes]], boundary: str = "b0und4ry") -> Request:
+    """A multipart request of ``parts`` in order: (name, whether it is a file, content), encoded as
+    requests (through urllib3) encodes one: werkzeug's test encoder leaves out the line break
+    before the delimiter after an empty field, which RFC 2046 makes part of the delimiter."""
+    fields = [(name, (f"{name}.bin", content) if is_file else content) for name, is_file, content in parts]
+    body, content_type = encode_multipart_formdata(fields, boundary)
+    return Request(EnvironBuilder(method="POST", path="/v1/classify", data=body,
+                                  content_type=content_type).get_environ())
+
+
+def written(body: bytes) -> Request:
+    """A multipart request of ``body`` as written, its boundary ``b0und4ry``."""
+    return request(data=body, content_type="multipart/form-data; boundary=b0und4ry")
+
+
+def werkzeug_reading(req: Request) -> tuple[list[bytes], str | None, str | None]:
+    return ([part.read() for part in req.files.getlist("image")], req.form.get("model"), req.form.get("top_k"))
+
+
+# What parts may hold: anything but their body's delimiter (a sender picks a boundary its parts do
+# not contain), including most of one.
+PART_CONTENT = st.one_of(st.binary(max_size=300),
+                         st.sampled_from([b"", b"\r\n", b"\r\n\r\n", b"\r\n--b0und4r", b"--b0und4r--\r\n",
+                                          b"b0und4ry", "ünï".encode(), b"7"]))
+PART_CONTENT = PART_CONTENT.filter(lambda content: b"--b0und4ry" not in content)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(["image", "model", "top_k", "file", "name"]), st.booleans(), PART_CONTENT),
+                min_size=1, max_size=6))
+def test_multipart_bodies_are_read_as_werkzeugs_form_parser_reads_them(parts):
+    images, model, top_k = werkzeug_reading(multipart(parts))
+    try:
+        parsed = parse(multipart(parts), max_bytes=2**20, max_images=8)
+    except InvalidRequest as error:  # a missing image, or a model or top_k the request may not have
+        assert error.status == 400
+        assert not images or error.code in ("INVALID_MODEL_NAME", "INVALID_TOP_K")
+        return
+    assert [image.data for image in parsed.images] == images
+    assert parsed.model == (model or None)
+    assert parsed.top_k == parse_top_k(top_k)
+
+
+def test_a_multipart_photo_over_several_reads_is_read_whole_with_a_near_delimiter_across_a_read():
+    start = multipart([("image", True, b"")]).get_data().index(b"\r\n\r\n") + 4  # where the photo begins
+    near = b"\r\n--b0und4r"  # all of the delimiter but its last byte
+    before = MULTIPART_READ_BYTES - start - 5  # the first read of the stream ends inside it
+    photo = bytes(range(256)) * (before // 256) + b"x" * (before % 256) + near + bytes(range(256)) * 5000
+
+    parsed = parse(multipart([("image", True, photo), ("image", True, b"two")]), max_bytes=4 * MULTIPART_READ_BYTES)
+
+    assert [image.data for image in parsed.images] == [photo, b"two"]
+
+
+def test_a_multipart_file_named_only_by_an_rfc_2231_filename_is_an_image():
+    body = (b"--b0und4ry\r\nContent-Disposition: form-data; name=\"image\"; filename*=UTF-8''ph%C3%B6to.jpg\r\n"
+            b"\r\nphoto\r\n--b0und4ry--\r\n")
+
+    assert [image.data for image in parse(written(body)).images] == [b"photo"]
+
+
+def test_a_multipart_body_cut_before_its_closing_boundary_is_a_bad_request():
+    body = b"--b0und4ry\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\nhalf a photo"
+
+    with pytest.raises(InvalidRequest) as error:
+        parse(written(body))
+    assert (error.value.status, error.value.code) == (400, "INVALID_REQUEST")
+    assert "closing boundary" in error.value.message
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; boundary="])
+def test_a_multipart_body_without_a_boundary_is_a_bad_request(content_type):
+    req = Request(EnvironBuilder(method="POST", path="/v1/classify", data=b"--x\r\n",
+                                 content_type=content_type).get_environ())
+
+    with pytest.raises(InvalidRequest) as error:
+        parse(req)
+    assert "boundary" in error.value.message
+
+
+def test_a_malformed_multipart_body_is_a_bad_request_naming_the_parse_error():
+    body = b"--b0und4ry\r\nno colon in this header\r\n\r\nx\r\n--b0und4ry--\r\n"
+
+    with pytest.raises(InvalidRequest) as error:
+        parse(written(body))
+    assert error.value.message.startswith("the multipart body cannot be parsed")
+
+
+def test_multipart_images_past_the_limit_are_413_too_many_images():
+    with pytest.raises(PayloadTooLarge) as error:
+        parse(multipart([("image", True, b"x")] * 5), max_images=4)
+    assert error.value.code == "TOO_MANY_IMAGES"
+
+
+def test_a_multipart_body_of_more_parts_than_allowed_is_413_however_small():
+    parts = [("image", True, b"x")] + [("note", False, b"")] * MAX_MULTIPART_PARTS
+
+    with pytest.raises(PayloadTooLarge) as error:
+        parse(multipart(parts), max_bytes=2**20)
+    assert f"more than {MAX_MULTIPART_PARTS} parts" in error.value.message
 
 
 def test_json_instances_decode_base64_and_keep_uris():
