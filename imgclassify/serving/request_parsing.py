@@ -72,10 +72,26 @@ def _instance(index: int, item: Any) -> ImageInput:
 
 # A multipart body holds at most this many parts, whatever their size (werkzeug's default limit).
 MAX_MULTIPART_PARTS = 1000
-# A multipart body is read this much at a time: the server's body reader and the parser run once per
-# read (an 824 KB photo's request: 30.8 ms of CPU in 64 KB reads, 28.9 in these), and the body is never
-# held twice, as its parts are kept.
-MULTIPART_READ_BYTES = 2**20
+# A body of unknown length (chunked), and a multipart body, is read this much at a time. Each read
+# is a trip through the server's body reader (gunicorn's recv()s release and re-take the GIL, which
+# under load can wait a switch interval), and werkzeug's own reads take 64 KB: a multipart 824 KB
+# photo's request took 30.8 ms of CPU in 64 KB reads, 28.9 in these. A multipart body is never held
+# twice, as its parts are kept.
+BODY_READ_BYTES = 2**20
+
+
+def read_body(request: Request) -> bytes:
+    """The whole body of ``request`` (within its ``max_content_length``), in as few reads as the server
+    allows: one read of the Content-Length (gunicorn then asks the socket for up to 1 MB at a time),
+    else :data:`BODY_READ_BYTES` at a time. werkzeug's ``get_data`` reads 64 KB at a time: a raw
+    2.3 MB photo's request took 52.7 ms of CPU and 48.1 ms (p50) that way, 47.4 and 44.4 this way."""
+    length = request.content_length
+    if length is None:
+        return b"".join(iter(lambda: request.stream.read(BODY_READ_BYTES), b""))
+    body = request.stream.read(length)
+    if len(body) < length:
+        raise InvalidRequest(f"the body ended after {len(body)} of the {length} bytes its Content-Length gives")
+    return body
 
 
 class MultipartForm:
@@ -111,7 +127,7 @@ class MultipartForm:
         form = cls(max_images)
         parser = MultipartParser(boundary, form._callbacks())
         try:
-            while chunk := request.stream.read(MULTIPART_READ_BYTES):
+            while chunk := request.stream.read(BODY_READ_BYTES):
                 parser.write(chunk)
         except FormParserError as error:
             raise InvalidRequest(f"the multipart body cannot be parsed: {error}") from None
@@ -207,7 +223,7 @@ def parse_classify_request(request: Request, *, path_model: str | None, max_byte
                 raise MissingImage('the multipart body has no "image" file field')
             body_model, body_top_k = form.fields.get("model"), form.fields.get("top_k")
         else:
-            body = request.get_data(cache=False)
+            body = read_body(request)
             if len(body) > max_bytes:
                 raise PayloadTooLarge(f"the body has more than {max_bytes} bytes")
             if not body:

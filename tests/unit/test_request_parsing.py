@@ -1,4 +1,5 @@
 import base64
+import io
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from imgclassify.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from imgclassify.serving.request_parsing import MAX_MULTIPART_PARTS, MULTIPART_READ_BYTES, parse_classify_request
+from imgclassify.serving.request_parsing import BODY_READ_BYTES, MAX_MULTIPART_PARTS, parse_classify_request
 from imgclassify.top_k import parse_top_k
 
 
@@ -111,10 +112,10 @@ def test_multipart_bodies_are_read_as_werkzeugs_form_parser_reads_them(parts):
 def test_a_multipart_photo_over_several_reads_is_read_whole_with_a_near_delimiter_across_a_read():
     start = multipart([("image", True, b"")]).get_data().index(b"\r\n\r\n") + 4  # where the photo begins
     near = b"\r\n--b0und4r"  # all of the delimiter but its last byte
-    before = MULTIPART_READ_BYTES - start - 5  # the first read of the stream ends inside it
+    before = BODY_READ_BYTES - start - 5  # the first read of the stream ends inside it
     photo = bytes(range(256)) * (before // 256) + b"x" * (before % 256) + near + bytes(range(256)) * 5000
 
-    parsed = parse(multipart([("image", True, photo), ("image", True, b"two")]), max_bytes=4 * MULTIPART_READ_BYTES)
+    parsed = parse(multipart([("image", True, photo), ("image", True, b"two")]), max_bytes=4 * BODY_READ_BYTES)
 
     assert [image.data for image in parsed.images] == [photo, b"two"]
 
@@ -214,6 +215,58 @@ def test_unsupported_content_types_are_415(content_type):
 def test_body_over_the_byte_limit_is_413():
     with pytest.raises(PayloadTooLarge):
         parse(request(data=b"x" * 2000, content_type="image/jpeg"))
+
+
+class CountedReads(io.BytesIO):
+    """A server's body stream that counts the reads asked of it."""
+
+    reads = 0
+
+    def read(self, size=-1):
+        self.reads += 1
+        return super().read(size)
+
+    def readinto(self, buffer):
+        self.reads += 1
+        return super().readinto(buffer)
+
+
+def served(body: bytes, *, length: int | None, content_type: str = "image/jpeg") -> Request:
+    """A request as a server passes it on: ``length`` its Content-Length, None for a chunked body."""
+    environ = EnvironBuilder(method="POST", path="/v1/classify", content_type=content_type).get_environ()
+    environ.update({"wsgi.input": CountedReads(body), "wsgi.input_terminated": length is None})
+    environ.pop("CONTENT_LENGTH", None)
+    if length is not None:
+        environ["CONTENT_LENGTH"] = str(length)
+    return Request(environ)
+
+
+def test_a_body_with_a_content_length_is_asked_of_the_server_in_one_read():
+    photo = bytes(range(256)) * 12_000  # 3 MB: werkzeug's get_data asked for it in 47 reads of 64 KB
+    req = served(photo, length=len(photo))
+
+    assert parse(req, max_bytes=2**22).images[0].data == photo
+    assert req.environ["wsgi.input"].reads == 1
+
+
+def test_a_chunked_body_is_read_whole_a_megabyte_at_a_time():
+    photo = bytes(range(256)) * 12_000
+    req = served(photo, length=None)
+
+    assert parse(req, max_bytes=2**22).images[0].data == photo
+    assert req.environ["wsgi.input"].reads == -(-len(photo) // BODY_READ_BYTES) + 1  # and the empty one at its end
+
+
+def test_a_chunked_body_over_the_byte_limit_is_413():
+    with pytest.raises(PayloadTooLarge):
+        parse(served(b"x" * 5000, length=None), max_bytes=1024)
+
+
+def test_a_body_shorter_than_its_content_length_is_a_bad_request_saying_so():
+    with pytest.raises(InvalidRequest) as error:
+        parse(served(b"x" * 100, length=500))
+    assert error.value.status == 400
+    assert "ended after 100 of the 500 bytes" in error.value.message
 
 
 def test_multipart_over_the_byte_limit_is_413():
