@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -100,11 +101,17 @@ def read_body(request: Request) -> bytes:
     2.3 MB photo's request took 52.7 ms of CPU and 48.1 ms (p50) that way, 47.4 and 44.4 this way."""
     length = request.content_length
     if length is None:
-        return b"".join(iter(lambda: request.stream.read(BODY_READ_BYTES), b""))
+        return b"".join(body_chunks(request))
     body = request.stream.read(length)
     if len(body) < length:
         raise InvalidRequest(f"the body ended after {len(body)} of the {length} bytes its Content-Length gives")
     return body
+
+
+def body_chunks(request: Request) -> Iterator[bytes]:
+    """``request``'s body (within its ``max_content_length``), :data:`BODY_READ_BYTES` at a time."""
+    while chunk := request.stream.read(BODY_READ_BYTES):
+        yield chunk
 
 
 class MultipartForm:
@@ -140,7 +147,7 @@ class MultipartForm:
         form = cls(max_images)
         parser = MultipartParser(boundary, form._callbacks())
         try:
-            while chunk := request.stream.read(BODY_READ_BYTES):
+            for chunk in body_chunks(request):
                 parser.write(chunk)
         except FormParserError as error:
             raise InvalidRequest(f"the multipart body cannot be parsed: {error}") from None
