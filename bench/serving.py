@@ -15,7 +15,9 @@ EfficientNet-Lite models, and measures, every figure the median over ``--repeats
    agreement, which is reported beside it) on one instance: p50, images/s at 8 clients, CPU
    per image, dollars per million;
 4. the same service with ``ENGINE=torch``, and the simplest servers a user could write around
-   the same model.onnx (functions-framework, and Flask under gunicorn), side by side;
+   the same model.onnx (functions-framework, and Flask under gunicorn), side by side: each
+   started alone, then the two and the service measured back to back, in an order that turns
+   each round;
 5. fidelity: the served top-5 of real photos against the torch engine's;
 6. an A/B of the engine's thread policies (:data:`THREAD_POLICIES`);
 7. a warm request broken into its parts, in process;
@@ -222,6 +224,20 @@ class Server:
         stop(self.process)
 
 
+def wait_until_idle(servers: list[Server], timeout: float = 60.0) -> None:
+    """Wait until ``servers`` together take no CPU for a quarter of a second: a server answers
+    its first request before all its workers have booted (Flask's second worker builds its own
+    session), and that work must not fall on another server's measurement."""
+    deadline = time.monotonic() + timeout
+    used = sum(server.cpu_seconds() for server in servers)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = sum(server.cpu_seconds() for server in servers)
+        if now - used < 0.01:
+            return
+        used = now
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -417,7 +433,7 @@ def per_model(served: Server, image: tuple[bytes, str], models: list[str], count
 
 
 def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, work: Path,
-              twins: dict[str, dict]) -> dict:
+              twins: dict[str, dict], turn: int = 0) -> dict:
     small = images["small"]
     levels = (1, 8) if args.smoke else (1, 8, 16)
     per_client = 3 if args.smoke else 12
@@ -439,9 +455,32 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
 
     downloading = service({"MODEL_SNAPSHOT_DIR": str(work / "no-snapshot")}, "download")
     downloading.stop()
-    served = service({"MODEL_SNAPSHOT_DIR": str(files["snapshot"])}, "onnx")
-    try:
-        run["service"] = measure_server(served, small, count, levels, per_client)
+    peer_env = {"MODEL_PATH": str(files["onnx"]), "LABELS_PATH": str(files["labels"])}
+    peers = {
+        "functions_framework_onnx": [str(Path(sys.executable).with_name("functions-framework")), "--target",
+                                     "classify", "--source", str(PEERS / "onnx_peer.py"), "--host", "127.0.0.1",
+                                     "--port", "{port}"],
+        "flask_gunicorn_onnx": [str(Path(sys.executable).with_name("gunicorn")), "--workers", "2", "--threads", "4",
+                                "--bind", "127.0.0.1:{port}", "--chdir", str(PEERS), "onnx_peer:app"],
+    }
+    # Started one after another (each cold start alone on the CPUs), then measured back to back in
+    # an order that turns each round, so that the host's drift over minutes (one server's p50 moved
+    # by 10 % within a run) falls on the three alike.
+    with contextlib.ExitStack() as service_running:
+        served = service({"MODEL_SNAPSHOT_DIR": str(files["snapshot"])}, "onnx")
+        service_running.callback(served.stop)
+        with contextlib.ExitStack() as peers_running:
+            side_by_side = {"service": served}
+            for name, command in peers.items():
+                side_by_side[name] = peer = Server(command, peer_env, "/", small,
+                                                   log=work / f"{name}-{time.monotonic_ns()}.log")
+                peers_running.callback(peer.stop)
+            wait_until_idle(list(side_by_side.values()))
+            names = list(side_by_side)
+            measured = {name: measure_server(side_by_side[name], small, count, levels, per_client)
+                        for name in names[turn % len(names):] + names[:turn % len(names)]}
+        run["service"] = measured["service"]
+        run["peers"] = {name: measured[name] for name in peers}
         run["service"]["phases_ms"] = startup_phases(served.log)
         run["service"]["cold_start_download_ms"] = downloading.first_answer_ms
         run["service"]["phases_download_ms"] = startup_phases(downloading.log)
@@ -453,23 +492,6 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
             run["fidelity"] = fidelity(served.url, torch_server.url)
         finally:
             torch_server.stop()
-    finally:
-        served.stop()
-    peer_env = {"MODEL_PATH": str(files["onnx"]), "LABELS_PATH": str(files["labels"])}
-    peers = {
-        "functions_framework_onnx": [str(Path(sys.executable).with_name("functions-framework")), "--target",
-                                     "classify", "--source", str(PEERS / "onnx_peer.py"), "--host", "127.0.0.1",
-                                     "--port", "{port}"],
-        "flask_gunicorn_onnx": [str(Path(sys.executable).with_name("gunicorn")), "--workers", "2", "--threads", "4",
-                                "--bind", "127.0.0.1:{port}", "--chdir", str(PEERS), "onnx_peer:app"],
-    }
-    run["peers"] = {}
-    for name, command in peers.items():
-        peer = Server(command, peer_env, "/", small, log=work / f"{name}-{time.monotonic_ns()}.log")
-        try:
-            run["peers"][name] = measure_server(peer, small, count, levels, per_client)
-        finally:
-            peer.stop()
     run["threads_ab"] = {}
     for label, env in THREAD_POLICIES.items():
         server = service(env, label)
@@ -514,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         write_snapshot(store, files["snapshot"], MODELS[0])
         compile_like_buildpack()
         files["labels"].write_text(json.dumps(list(read_manifest(store, MODELS[0], "1").labels)))
-        runs = [one_round(stack, bucket, images, files, args, work, twins) for _ in range(args.repeats)]
+        runs = [one_round(stack, bucket, images, files, args, work, twins, turn) for turn in range(args.repeats)]
         result = summarise(runs)
         result["int8_agreement"] = {twin: agreement for twin, agreement in twins.items()}
         if not args.smoke:
