@@ -11,8 +11,8 @@ import time
 
 from werkzeug.wrappers import Request, Response
 
-from imgclassify.imaging.decode import pixel_budget
-from imgclassify.runtime.engines import import_preferred_runtime
+from imgclassify.imaging.decode import pixel_budget, register_decoders
+from imgclassify.runtime.engines import EngineOptions, import_preferred_runtime
 from imgclassify.runtime.models import LoadedModel, PreparedAhead, prepare_snapshot
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.settings import Settings
@@ -55,12 +55,19 @@ def build(settings: Settings) -> ClassifyApp:
 
 
 def warm(app: ClassifyApp, settings: Settings) -> dict[str, float]:
-    """Start-up before serving: the default model's preload, or at least the engine's runtime."""
+    """Start-up before serving: the default model's preload, or at least what every request uses."""
     registry = app.service.registry
     if settings.preload_default_model:
         return preload_before_fork(registry)
-    import_preferred_runtime(registry.engine_options)  # part of the instance, not of the first model
+    import_request_path(registry.engine_options)
     return {}
+
+
+def import_request_path(options: EngineOptions) -> None:
+    """What requests use that is imported on first use: part of the instance, not of its first requests
+    (the engine's runtime, Pillow's decoders). Starts no thread."""
+    import_preferred_runtime(options)
+    register_decoders()
 
 
 def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
@@ -70,10 +77,11 @@ def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
     the worker. A runtime's thread pool does not survive a fork, so the parent stops short
     of building the network: the worker builds it right after the fork, on a thread of its
     own (:func:`build_after_fork`), while gunicorn starts serving. Meanwhile two threads
-    overlap the catalog read (the storage client's import, then the network): the engine's
-    runtime is imported on one; on the other the bundle's model snapshot, if any, is read and
-    hashed and its engine does the part of the build that starts no thread (ONNX Runtime's
-    optimisation: :func:`~imgclassify.runtime.models.prepare_snapshot`). Both are joined before
+    overlap the catalog read (the storage client's import, then the network): one imports
+    what requests use (:func:`import_request_path`); on the other the bundle's model
+    snapshot, if any, is read and hashed and its engine does the part of the build that
+    starts no thread (ONNX Runtime's optimisation:
+    :func:`~imgclassify.runtime.models.prepare_snapshot`). Both are joined before
     this returns, because no thread may cross the fork. The snapshot serves only if it matches
     the catalog's default (:mod:`imgclassify.store.snapshot`). A storage error (a permission
     still propagating, an outage) is logged and the instance starts anyway: the first request
@@ -82,8 +90,8 @@ def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
     phases: dict[str, float] = {}
     started = time.perf_counter()
     ahead: list[PreparedAhead] = []
-    helpers = [threading.Thread(target=import_preferred_runtime, args=(registry.engine_options,),
-                                name="import-runtime")]
+    helpers = [threading.Thread(target=import_request_path, args=(registry.engine_options,),
+                                name="import-request-path")]
     if registry.snapshot is not None:
         snapshot, options = registry.snapshot, registry.engine_options
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from imgclassify.errors import PayloadTooLarge, ServiceError, UndecodableImage, UnsupportedMediaType
-from imgclassify.imaging.decode import decode_image, over_white, pixel_budget
+from imgclassify.imaging.decode import SUPPORTED_FORMATS, decode_image, over_white, pixel_budget
 from tests.support.bad_inputs import (
     MISTYPED_EXIF_TAGS,
     ORIENTATION_6,
@@ -26,6 +30,7 @@ from tests.support.bad_inputs import (
 )
 from tests.support.photos import encode, real_photo
 
+REPO = Path(__file__).resolve().parents[2]
 MAX_PIXELS = 50_000_000
 EXIF_ORIENTATION = 0x0112
 
@@ -611,3 +616,35 @@ def test_the_orientation_is_applied_even_when_another_entry_makes_pillow_drop_th
 
     assert image.size == (48, 64)
     assert np.abs(pixels(image)[4, -4] - np.array(RED)).max() < 12  # red came from the top left
+
+
+# A fresh process (this one has opened images already) decodes one image of each allowed format,
+# after register_decoders (argument "registered") or not, and prints the modules the decodes
+# imported and whether Pillow initialised every plugin it has.
+FIRST_DECODES = """
+import json, sys
+from pathlib import Path
+from PIL import Image
+from imgclassify.imaging.decode import SUPPORTED_FORMATS, decode_image, register_decoders
+
+if sys.argv[2] == "registered":
+    register_decoders()
+before = set(sys.modules)
+for fmt in SUPPORTED_FORMATS:
+    decode_image((Path(sys.argv[1]) / fmt).read_bytes(), max_pixels=10**6)
+print(json.dumps({"imported": sorted(set(sys.modules) - before), "every_plugin": Image._initialized > 1}))
+"""
+
+
+def first_decodes(folder: Path, mode: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", FIRST_DECODES, str(folder), mode], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(result.stdout)
+
+
+def test_after_register_decoders_the_first_image_of_each_allowed_format_imports_nothing(tmp_path):
+    for fmt in SUPPORTED_FORMATS:
+        (tmp_path / fmt).write_bytes(encode(np.full((24, 32, 3), 90, np.uint8), fmt))
+    assert first_decodes(tmp_path, "registered") == {"imported": [], "every_plugin": False}
+    unregistered = first_decodes(tmp_path, "not registered")  # what a service's first requests did
+    assert "PIL.JpegImagePlugin" in unregistered["imported"] and unregistered["every_plugin"]
