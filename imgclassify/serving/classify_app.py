@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 from werkzeug.wrappers import Request, Response
 
@@ -124,8 +125,19 @@ def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
                 prepared.discard()
     if model is not None:
         phases.update(model.load_ms)
-        os.register_at_fork(after_in_child=lambda: build_after_fork(model),
-                            after_in_parent=model.forget_prepared)  # the worker's build deletes its files
+        # A weak reference: the hooks outlive the fork, and the worker's cache may evict the model
+        # later; a strong one kept its network (tens of MB) alive in the worker for good.
+        preloaded = weakref.ref(model)
+
+        def in_child() -> None:
+            if (alive := preloaded()) is not None:
+                build_after_fork(alive)
+
+        def in_parent() -> None:
+            if (alive := preloaded()) is not None:
+                alive.forget_prepared()  # the worker's build deletes its files
+
+        os.register_at_fork(after_in_child=in_child, after_in_parent=in_parent)
     return phases
 
 
