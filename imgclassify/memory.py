@@ -1,11 +1,14 @@
 """glibc malloc tuning: models cycled through the cache do not inflate resident memory, and
-requests under load reuse the heap's free pages instead of faulting fresh ones in."""
+requests under load reuse the heap's free pages instead of faulting fresh ones in. And the
+collector's freeze before gunicorn forks the worker."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import functools
+import gc
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -56,6 +59,21 @@ def tune_malloc(arenas: int = 1) -> None:
         libc.mallopt(_M_ARENA_MAX, arenas)
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+
+
+@functools.lru_cache(maxsize=1)
+def freeze_collected_objects_at_fork() -> None:
+    """Before this process forks, move every object the cyclic collector tracks out of its reach
+    (``gc.freeze``), as Python's documentation advises for a parent that forks without exec.
+
+    gunicorn forks the worker from the parent that imported the app: about 68 000 objects with
+    the storage client. The worker's first full collection traverses each of them, writing to
+    its header, so the kernel copies every page they sit on: 21.2-21.3 MB of the parent's pages
+    became the worker's own, and that collection held the GIL for 48-111 ms, stalling every
+    request in flight (frozen: 0.9-1.0 MB and 1 ms). The start-up leaves almost no cyclic garbage
+    to freeze with them (a full collection found 10 objects). Registered once; a process that
+    never forks is not affected."""
+    os.register_at_fork(before=gc.freeze)
 
 
 def release_free_memory() -> None:

@@ -9,7 +9,7 @@ import time
 from types import ModuleType
 
 from imgclassify.logs import configure_logging
-from imgclassify.memory import tune_malloc
+from imgclassify.memory import freeze_collected_objects_at_fork, tune_malloc
 from imgclassify.settings import Settings
 
 from .http import HttpApp
@@ -54,6 +54,7 @@ def create_http_app(function: str, settings: Settings | None = None) -> HttpApp:
     started = time.perf_counter()
     configure_logging()
     tune_malloc()
+    freeze_collected_objects_at_fork()
     settings = settings or Settings.from_env()
     module = app_module(function)
     app = module.build(settings)

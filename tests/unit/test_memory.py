@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,10 +71,15 @@ print(kept, resident_anonymous_mb() - before)
 """
 
 
-def resident_mb(script: str, *setting: int | str) -> list[float]:
+def printed(script: str, *setting: int | str) -> list[str]:
+    """What ``script`` prints, run in a fresh process with ``setting`` as its arguments."""
     result = subprocess.run([sys.executable, "-c", script, *map(str, setting)], cwd=REPO,
                             capture_output=True, text=True, timeout=60, check=True)
-    return [float(value) for value in result.stdout.split()]
+    return result.stdout.split()
+
+
+def resident_mb(script: str, *setting: int | str) -> list[float]:
+    return [float(value) for value in printed(script, *setting)]
 
 
 @glibc
@@ -99,6 +105,31 @@ def test_with_glibc_s_dynamic_thresholds_free_would_give_them_back_at_once():
     # why the service fixes its thresholds: the next requests faulted the same pages in again
     kept, _ = resident_mb(FREED_TOGETHER, memory._M_ARENA_MAX, 1)
     assert kept < 1
+
+
+# A fresh process, with the freeze registered (argument "registered") or not, makes 50 000 lists
+# and forks: the child prints how many of them its collections still traverse, and whether they
+# are still tracked (frozen, not forgotten).
+MADE_BEFORE_THE_FORK = """
+import gc, os, sys
+from imgclassify import memory
+
+if sys.argv[1] == "registered":
+    memory.freeze_collected_objects_at_fork()
+made = [[] for _ in range(50_000)]
+if os.fork() == 0:
+    traversed = {id(item) for item in gc.get_objects()}
+    print(sum(id(item) in traversed for item in made), gc.is_tracked(made[0]), flush=True)
+    os._exit(0)
+os.wait()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="a platform that forks")
+def test_the_objects_a_worker_inherits_are_out_of_its_collections():
+    assert printed(MADE_BEFORE_THE_FORK, "registered") == ["0", "True"]
+    # without the freeze the worker's first full collection writes to every one of them
+    assert printed(MADE_BEFORE_THE_FORK, "not registered") == ["50000", "True"]
 
 
 @pytest.fixture
