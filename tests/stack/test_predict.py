@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +13,8 @@ from imgclassify.imaging.preprocess import pillow_resizes_vertically_first, prep
 from imgclassify.runtime.scores import scores, top_k
 from imgclassify.store.catalog import Preprocessing
 from tests.support.photos import real_photo
+from tests.support.processes import fresh_python
 
-ROOT = Path(__file__).resolve().parents[2]
 IMAGENET = Preprocessing(resize=256, crop_size=224)
 # Where the whole image is resized (up to an aspect ratio of 16) the pipeline is torchvision's,
 # float32 step for float32 step: the same bits.
@@ -234,10 +231,7 @@ print(json.dumps({"shape": shape, "grew_kib": resource.getrusage(resource.RUSAGE
 @pytest.mark.parametrize("size", [(1, 5000), (5000, 1)])
 def test_an_extreme_strip_is_preprocessed_without_a_huge_allocation(size):
     # Resizing the whole 1x5000 strip to a 256-pixel short side would make a 256x1280000 image (~1.3 GB).
-    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, json.dumps(size)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60, check=True)
-
-    report = json.loads(result.stdout)
+    report = json.loads(fresh_python(MEMORY_PROBE, json.dumps(size)))
     assert report["shape"] == [3, 224, 224]
     assert report["grew_kib"] < 50_000
 

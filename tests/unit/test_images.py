@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import subprocess
-import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -29,8 +27,8 @@ from tests.support.bad_inputs import (
     sixteen_bit_png,
 )
 from tests.support.photos import encode, real_photo
+from tests.support.processes import fresh_python
 
-REPO = Path(__file__).resolve().parents[2]
 MAX_PIXELS = 50_000_000
 EXIF_ORIENTATION = 0x0112
 
@@ -637,9 +635,7 @@ print(json.dumps({"imported": sorted(set(sys.modules) - before), "every_plugin":
 
 
 def first_decodes(folder: Path, mode: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", FIRST_DECODES, str(folder), mode], cwd=REPO,
-                            capture_output=True, text=True, timeout=120, check=True)
-    return json.loads(result.stdout)
+    return json.loads(fresh_python(FIRST_DECODES, folder, mode))
 
 
 def test_after_register_decoders_the_first_image_of_each_allowed_format_imports_nothing(tmp_path):

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from imgclassify import memory
 from imgclassify.inflight import InFlight
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.processes import fresh_python
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or memory._libc() is None,
                            reason="glibc's malloc on Linux")
@@ -71,15 +68,8 @@ print(kept, resident_anonymous_mb() - before)
 """
 
 
-def printed(script: str, *setting: int | str) -> list[str]:
-    """What ``script`` prints, run in a fresh process with ``setting`` as its arguments."""
-    result = subprocess.run([sys.executable, "-c", script, *map(str, setting)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60, check=True)
-    return result.stdout.split()
-
-
 def resident_mb(script: str, *setting: int | str) -> list[float]:
-    return [float(value) for value in printed(script, *setting)]
+    return [float(value) for value in fresh_python(script, *setting).split()]
 
 
 @glibc
@@ -127,9 +117,9 @@ os.wait()
 
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="a platform that forks")
 def test_the_objects_a_worker_inherits_are_out_of_its_collections():
-    assert printed(MADE_BEFORE_THE_FORK, "registered") == ["0", "True"]
+    assert fresh_python(MADE_BEFORE_THE_FORK, "registered").split() == ["0", "True"]
     # without the freeze the worker's first full collection writes to every one of them
-    assert printed(MADE_BEFORE_THE_FORK, "not registered") == ["50000", "True"]
+    assert fresh_python(MADE_BEFORE_THE_FORK, "not registered").split() == ["50000", "True"]
 
 
 @pytest.fixture

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.processes import fresh_python
 
 # The runtime collects nothing when it sees one of these (the names are in the 1.32 wheel's strings;
 # each seen to turn it off here): under a CI service the file tests could not fail, so the child
@@ -39,7 +36,7 @@ def telemetry_files_after(tmp_path, code: str, extra_env: dict | None = None) ->
     home.mkdir()
     temporary.mkdir()
     env = untold_env(HOME=str(home), TMPDIR=str(temporary), **(extra_env or {}))
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120, cwd=REPO)
+    fresh_python(code, env=env)
     return sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file())
 
 
@@ -59,9 +56,8 @@ def runtime_collects_here(tmp_path_factory) -> None:
 @pytest.mark.parametrize("before, after", [(None, "1"), ("0", "0"), ("1", "1")])
 def test_importing_the_package_turns_telemetry_off_unless_the_variable_is_set(before, after):
     env = untold_env() if before is None else untold_env(ORT_DISABLE_TELEMETRY=before)
-    said = subprocess.run([sys.executable, "-c", "import os, imgclassify; print(os.environ['ORT_DISABLE_TELEMETRY'])"],
-                          env=env, capture_output=True, text=True, check=True, timeout=60, cwd=REPO)
-    assert said.stdout.strip() == after
+    said = fresh_python("import os, imgclassify; print(os.environ['ORT_DISABLE_TELEMETRY'])", env=env)
+    assert said.strip() == after
 
 
 @pytest.mark.parametrize("first", ["import imgclassify", "import imgclassify.runtime.engines"])
