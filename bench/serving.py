@@ -16,10 +16,11 @@ EfficientNet-Lite models, and measures, every figure the median over ``--repeats
    per image, dollars per million;
 4. the same service with ``ENGINE=torch``, and the simplest servers a user could write around
    the same model.onnx (functions-framework, and Flask under gunicorn), side by side: each
-   started alone, then the two and the service measured back to back, in an order that turns
-   each round;
+   started alone, then the lone requests of the two and the service taken in turns of 10, and
+   their loads measured back to back, in an order that turns each round;
 5. fidelity: the served top-5 of real photos against the torch engine's;
-6. an A/B of the engine's thread policies (:data:`THREAD_POLICIES`);
+6. an A/B of the engine's thread policies (:data:`THREAD_POLICIES`), their instances side by
+   side in the same way;
 7. a warm request broken into its parts, in process;
 8. resident memory with 3 models over a no-model baseline, against their ONNX bytes;
 9. optionally (``--bundle-size``, needs PyPI) the classify bundle's installed size.
@@ -256,11 +257,23 @@ def post(session: requests.Session, url: str, image: tuple[bytes, str], *, keep_
 
 
 def latency(url: str, image: tuple[bytes, str], count: int) -> dict:
-    session = requests.Session()
-    for _ in range(5):
-        post(session, url, image)
-    timings = [post(session, url, image) for _ in range(count)]
-    return {"p50_ms": median(timings), "p99_ms": percentile(timings, 99)}
+    return latency_in_turns({url: url}, image, count)[url]
+
+
+def latency_in_turns(urls: dict[str, str], image: tuple[bytes, str], count: int, block: int = 10) -> dict:
+    """p50 and p99 of ``count`` sequential requests to each of ``urls`` (by name), one server after
+    another in turns of ``block`` requests. This host's speed moves in steps that last seconds (the
+    same service's app took 11.4 ms a request for a minute of run M, then 8.3): taken in turns,
+    a step falls on every server alike, not on the one measured at that moment."""
+    sessions = {name: requests.Session() for name in urls}
+    for name, url in urls.items():
+        for _ in range(5):
+            post(sessions[name], url, image)
+    timings: dict[str, list[float]] = {name: [] for name in urls}
+    while any(len(taken) < count for taken in timings.values()):
+        for name, url in urls.items():
+            timings[name] += [post(sessions[name], url, image) for _ in range(min(block, count - len(timings[name])))]
+    return {name: {"p50_ms": median(taken), "p99_ms": percentile(taken, 99)} for name, taken in timings.items()}
 
 
 def throughput(url: str, image: tuple[bytes, str], clients: int, per_client: int) -> float:
@@ -280,8 +293,10 @@ def throughput(url: str, image: tuple[bytes, str], clients: int, per_client: int
 
 
 def measure_server(server: Server, image: tuple[bytes, str], count: int, levels: tuple[int, ...],
-                   per_client: int) -> dict:
-    result = {"cold_start_ms": server.first_answer_ms, **latency(server.url, image, count)}
+                   per_client: int, lone: dict | None = None) -> dict:
+    """Cold start, ``lone`` (a lone client's p50 and p99, measured here if not given), images/s at
+    each level of clients and the CPU per image they took."""
+    result = {"cold_start_ms": server.first_answer_ms, **(lone or latency(server.url, image, count))}
     cpu_before, client_before = server.cpu_seconds(), time.process_time()
     images = 0
     rates = {}
@@ -463,9 +478,9 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
         "flask_gunicorn_onnx": [str(Path(sys.executable).with_name("gunicorn")), "--workers", "2", "--threads", "4",
                                 "--bind", "127.0.0.1:{port}", "--chdir", str(PEERS), "onnx_peer:app"],
     }
-    # Started one after another (each cold start alone on the CPUs), then measured back to back in
-    # an order that turns each round, so that the host's drift over minutes (one server's p50 moved
-    # by 10 % within a run) falls on the three alike.
+    # Started one after another (each cold start alone on the CPUs), then their lone requests taken
+    # in turns and their loads measured back to back in an order that turns each round, so that the
+    # host's drift over minutes (one server's p50 moved by 10 % within a run) falls on the three alike.
     with contextlib.ExitStack() as service_running:
         served = service({"MODEL_SNAPSHOT_DIR": str(files["snapshot"])}, "onnx")
         service_running.callback(served.stop)
@@ -476,8 +491,9 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
                                                    log=work / f"{name}-{time.monotonic_ns()}.log")
                 peers_running.callback(peer.stop)
             wait_until_idle(list(side_by_side.values()))
+            lone = latency_in_turns({name: server.url for name, server in side_by_side.items()}, small, count)
             names = list(side_by_side)
-            measured = {name: measure_server(side_by_side[name], small, count, levels, per_client)
+            measured = {name: measure_server(side_by_side[name], small, count, levels, per_client, lone[name])
                         for name in names[turn % len(names):] + names[:turn % len(names)]}
         run["service"] = measured["service"]
         run["peers"] = {name: measured[name] for name in peers}
@@ -492,15 +508,18 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
             run["fidelity"] = fidelity(served.url, torch_server.url)
         finally:
             torch_server.stop()
-    run["threads_ab"] = {}
-    for label, env in THREAD_POLICIES.items():
-        server = service(env, label)
-        try:
-            run["threads_ab"][label] = {"p50_ms_1_client": latency(server.url, small, count)["p50_ms"],
-                                        **{f"images_per_s_{c}_clients": throughput(server.url, small, c, per_client)
-                                           for c in levels[1:]}}
-        finally:
-            server.stop()
+    # The policies' instances side by side too: their lone requests in turns, then each one's load.
+    with contextlib.ExitStack() as policies_running:
+        policies = {}
+        for label, env in THREAD_POLICIES.items():
+            policies[label] = service(env, label)
+            policies_running.callback(policies[label].stop)
+        wait_until_idle(list(policies.values()))
+        lone = latency_in_turns({label: server.url for label, server in policies.items()}, small, count)
+        run["threads_ab"] = {label: {"p50_ms_1_client": lone[label]["p50_ms"],
+                                     **{f"images_per_s_{c}_clients": throughput(server.url, small, c, per_client)
+                                        for c in levels[1:]}}
+                             for label, server in policies.items()}
     return run
 
 
