@@ -257,21 +257,24 @@ def post(session: requests.Session, url: str, image: tuple[bytes, str], *, keep_
 
 
 def latency(url: str, image: tuple[bytes, str], count: int) -> dict:
-    return latency_in_turns({url: url}, image, count)[url]
+    return latency_in_turns({url: url}, image, count, block=count)[url]
 
 
-def latency_in_turns(urls: dict[str, str], image: tuple[bytes, str], count: int, block: int = 10) -> dict:
+def latency_in_turns(urls: dict[str, str], image: tuple[bytes, str], count: int, block: int = 10,
+                     warm: int = 5) -> dict:
     """p50 and p99 of ``count`` sequential requests to each of ``urls`` (by name), one server after
     another in turns of ``block`` requests. This host's speed moves in steps that last seconds (the
     same service's app took 11.4 ms a request for a minute of run M, then 8.3): taken in turns,
-    a step falls on every server alike, not on the one measured at that moment."""
+    a step falls on every server alike, not on the one measured at that moment. Each turn starts
+    with ``warm`` requests that are not counted: a server whose runtime's threads spin on after a
+    forward (the peers' ONNX Runtime defaults) took CPU from the first two requests of the next
+    server's turn (16.8 and 17.3 against 12.8 ms)."""
     sessions = {name: requests.Session() for name in urls}
-    for name, url in urls.items():
-        for _ in range(5):
-            post(sessions[name], url, image)
     timings: dict[str, list[float]] = {name: [] for name in urls}
     while any(len(taken) < count for taken in timings.values()):
         for name, url in urls.items():
+            for _ in range(warm):
+                post(sessions[name], url, image)
             timings[name] += [post(sessions[name], url, image) for _ in range(min(block, count - len(timings[name])))]
     return {name: {"p50_ms": median(taken), "p99_ms": percentile(taken, 99)} for name, taken in timings.items()}
 
