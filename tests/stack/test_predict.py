@@ -231,7 +231,7 @@ print(json.dumps({"shape": shape, "grew_kib": resource.getrusage(resource.RUSAGE
 @pytest.mark.parametrize("size", [(1, 5000), (5000, 1)])
 def test_an_extreme_strip_is_preprocessed_without_a_huge_allocation(size):
     # Resizing the whole 1x5000 strip to a 256-pixel short side would make a 256x1280000 image (~1.3 GB).
-    report = json.loads(fresh_python(MEMORY_PROBE, json.dumps(size)))
+    report = json.loads(fresh_python(MEMORY_PROBE, json.dumps(size), timeout=60))
     assert report["shape"] == [3, 224, 224]
     assert report["grew_kib"] < 50_000
 

@@ -69,7 +69,7 @@ print(kept, resident_anonymous_mb() - before)
 
 
 def resident_mb(script: str, *setting: int | str) -> list[float]:
-    return [float(value) for value in fresh_python(script, *setting).split()]
+    return [float(value) for value in fresh_python(script, *setting, timeout=60).split()]
 
 
 @glibc
@@ -117,9 +117,9 @@ os.wait()
 
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="a platform that forks")
 def test_the_objects_a_worker_inherits_are_out_of_its_collections():
-    assert fresh_python(MADE_BEFORE_THE_FORK, "registered").split() == ["0", "True"]
+    assert fresh_python(MADE_BEFORE_THE_FORK, "registered", timeout=60).split() == ["0", "True"]
     # without the freeze the worker's first full collection writes to every one of them
-    assert fresh_python(MADE_BEFORE_THE_FORK, "not registered").split() == ["50000", "True"]
+    assert fresh_python(MADE_BEFORE_THE_FORK, "not registered", timeout=60).split() == ["50000", "True"]
 
 
 @pytest.fixture

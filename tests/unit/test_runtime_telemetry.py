@@ -56,7 +56,8 @@ def runtime_collects_here(tmp_path_factory) -> None:
 @pytest.mark.parametrize("before, after", [(None, "1"), ("0", "0"), ("1", "1")])
 def test_importing_the_package_turns_telemetry_off_unless_the_variable_is_set(before, after):
     env = untold_env() if before is None else untold_env(ORT_DISABLE_TELEMETRY=before)
-    said = fresh_python("import os, imgclassify; print(os.environ['ORT_DISABLE_TELEMETRY'])", env=env)
+    said = fresh_python("import os, imgclassify; print(os.environ['ORT_DISABLE_TELEMETRY'])", env=env,
+                        timeout=60)
     assert said.strip() == after
 
 
