@@ -3,8 +3,9 @@
 Starts its own storage emulator and servers on 127.0.0.1, uses real photos and the real
 EfficientNet-Lite models, and measures, every figure the median over ``--repeats`` rounds:
 
-1. in process: decode + preprocess + forward of one photo, and the machine's floor (one pinned
-   single-threaded loop per CPU, run at once: ``bench/floor.py``), for fp32 and int8 Lite0;
+1. in process: decode + preprocess + forward of one photo, the machine's floor (one pinned
+   single-threaded loop per CPU, run at once: ``bench/floor.py``) and a lone forward on every CPU,
+   for fp32 and int8 Lite0; the Cloud Storage client's import in fresh processes;
 2. the service (functions-framework, ONNX Runtime): warm p50/p99 at one client, throughput at
    1, 8 and 16 clients, CPU-seconds per image, cold start split into phases. It starts as a
    deployed bundle does: its package compiled to bytecode (the Cloud Functions buildpack runs
@@ -12,12 +13,14 @@ EfficientNet-Lite models, and measures, every figure the median over ``--repeats
    with, its model on local disk (a snapshot, ``make bundles MODEL_STORE=...``). The cold start of
    an instance that downloads its model is measured beside it;
 3. each bundled model and its int8 twin (``publish quantize``, published here whatever its
-   agreement, which is reported beside it) on one instance: p50, images/s at 8 clients, CPU
-   per image, dollars per million;
+   agreement, which is reported beside it) on one instance: p50 (the models' lone requests in
+   turns), images/s at 8 clients, CPU per image, dollars per million;
 4. the same service with ``ENGINE=torch``, and the simplest servers a user could write around
    the same model.onnx (functions-framework, and Flask under gunicorn), side by side: each
    started alone, then the lone requests of the two and the service taken in turns of 10, and
-   their loads measured back to back, in an order that turns each round;
+   their loads measured back to back, in an order that turns each round. The server stack
+   alone (``bench/peers/stack_peer.py``, no model) is served beside them: with the figures of 1,
+   it bounds what any server on this stack and machine could reach (:func:`bounds`);
 5. fidelity: the served top-5 of real photos against the torch engine's;
 6. an A/B of the engine's thread policies (:data:`THREAD_POLICIES`), their instances side by
    side in the same way;
@@ -25,7 +28,7 @@ EfficientNet-Lite models, and measures, every figure the median over ``--repeats
 8. resident memory with 3 models over a no-model baseline, against their ONNX bytes;
 9. optionally (``--bundle-size``, needs PyPI) the classify bundle's installed size.
 
-Prints every ratio of :data:`TARGETS` with its target.
+Prints every ratio of :data:`TARGETS` with its target, and its bound where one is derived.
 
 Prints a table and writes JSON (default ``.local/bench.json``). ``--smoke`` runs a tiny version.
 """
@@ -94,13 +97,14 @@ def compile_like_buildpack() -> None:
         compileall.compile_dir(source, quiet=1)
 
 
-def open_model(bucket: str, name: str = MODELS[0], engine: str = "onnxruntime"):
+def open_model(bucket: str, name: str = MODELS[0], engine: str = "onnxruntime", threads: int = 1):
+    """``name`` from the bucket, built; by default on one thread (the bare path), 0: as the service runs it."""
     from imgclassify.runtime.engines import EngineOptions
     from imgclassify.runtime.registry import ModelRegistry
     from imgclassify.store.objects import GcsStore
 
     registry = ModelRegistry.over(GcsStore(bucket), cache_budget_bytes=2**31, catalog_ttl_seconds=3600,
-                                  engine_options=EngineOptions(engine, threads=1))  # the bare path: one thread
+                                  engine_options=EngineOptions(engine, threads=threads))
     model, _ = registry.get(name)
     model.network()
     return model
@@ -131,6 +135,30 @@ def in_process(model, image: bytes, count: int) -> dict:
     result["images_per_s_by_batch"] = by_batch
     result["best_batch"], result["best_images_per_s"] = max(by_batch.items(), key=lambda item: item[1])
     return result
+
+
+def lone_forward(bucket: str, name: str, image: bytes, count: int) -> float:
+    """The median forward (ms) of one photo, alone, as the service runs a lone request's: on every CPU."""
+    model = open_model(bucket, name, threads=0)
+    prepared = model.prepare(image, max_pixels=10**8)
+    for _ in range(20):  # a new two-thread session's first forwards are slower (9.2 against 7.3 ms over 8)
+        model.outputs([prepared])
+    timings = []
+    for _ in range(count):
+        started = time.perf_counter()
+        model.outputs([prepared])
+        timings.append((time.perf_counter() - started) * 1000)
+    return median(timings)
+
+
+def storage_import_ms(repeats: int = 5) -> float:
+    """What importing the Cloud Storage client adds to a start (median ms over fresh processes that
+    have imported what the minimal function imports): the service reads its catalog with it, and the
+    minimal function, which reads its model from local disk, has no such import."""
+    script = ("import time, numpy, PIL.Image, onnxruntime, functions_framework; started = time.perf_counter(); "
+              "from google.cloud import storage; print((time.perf_counter() - started) * 1000)")
+    return median([float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                        check=True, timeout=120).stdout) for _ in range(repeats)])
 
 
 def request_profile(model, image: bytes, count: int, env: dict) -> dict:
@@ -437,15 +465,17 @@ def publish_twins(store, models: list[str], work: Path) -> dict[str, dict]:
 
 
 def per_model(served: Server, image: tuple[bytes, str], models: list[str], count: int, per_client: int) -> dict:
-    """Each model's p50 at one client, images/s at 8 clients and CPU ms per image, on one served instance."""
-    found = {}
-    for name in models:
-        url = served.url.replace("/v1/classify", f"/v1/models/{name}:classify")
+    """Each model's p50 at one client (the models' lone requests in turns, as the servers' are side
+    by side), images/s at 8 clients and CPU ms per image, on one served instance."""
+    urls = {name: served.url.replace("/v1/classify", f"/v1/models/{name}:classify") for name in models}
+    for url in urls.values():
         throughput(url, image, 2, 2)  # loaded and warm
-        p50 = latency(url, image, count)["p50_ms"]
+    lone = latency_in_turns(urls, image, count)
+    found = {}
+    for name, url in urls.items():
         before = served.cpu_seconds()
         rate = throughput(url, image, 8, per_client)
-        found[name] = {"p50_ms": p50, "images_per_s_8_clients": rate,
+        found[name] = {"p50_ms": lone[name]["p50_ms"], "images_per_s_8_clients": rate,
                        "cpu_ms_per_image": round((served.cpu_seconds() - before) * 1000 / (8 * per_client), 2)}
     return found
 
@@ -465,6 +495,9 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
         seconds = 2.0 if args.smoke else 6.0
         run["floor"] = {"fp32": machine_floor(bucket, MODELS[0], small[0], seconds),
                         "int8": machine_floor(bucket, f"{MODELS[0]}_int8", small[0], seconds)}
+        run["lone_forward_ms"] = {"fp32": lone_forward(bucket, MODELS[0], small[0], count),
+                                  "int8": lone_forward(bucket, f"{MODELS[0]}_int8", small[0], count)}
+        run["storage_import_ms"] = storage_import_ms()
         run["profile"] = request_profile(model, small[0], count, stack.env())
 
     def service(env: dict, name: str) -> Server:
@@ -481,6 +514,10 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
         "flask_gunicorn_onnx": [str(Path(sys.executable).with_name("gunicorn")), "--workers", "2", "--threads", "4",
                                 "--bind", "127.0.0.1:{port}", "--chdir", str(PEERS), "onnx_peer:app"],
     }
+    # The server stack with no model (bench/peers/stack_peer.py): its lone requests in turns with
+    # the others', its load after theirs; what it costs bounds the ratios (see bounds).
+    stack_peer = [str(Path(sys.executable).with_name("functions-framework")), "--target", "answer",
+                  "--source", str(PEERS / "stack_peer.py"), "--host", "127.0.0.1", "--port", "{port}"]
     # Started one after another (each cold start alone on the CPUs), then their lone requests taken
     # in turns and their loads measured back to back in an order that turns each round, so that the
     # host's drift over minutes (one server's p50 moved by 10 % within a run) falls on the three alike.
@@ -489,17 +526,19 @@ def one_round(stack: LocalStack, bucket: str, images: dict, files: dict, args, w
         service_running.callback(served.stop)
         with contextlib.ExitStack() as peers_running:
             side_by_side = {"service": served}
-            for name, command in peers.items():
+            for name, command in {**peers, "stack": stack_peer}.items():
                 side_by_side[name] = peer = Server(command, peer_env, "/", small,
                                                    log=work / f"{name}-{time.monotonic_ns()}.log")
                 peers_running.callback(peer.stop)
             wait_until_idle(list(side_by_side.values()))
             lone = latency_in_turns({name: server.url for name, server in side_by_side.items()}, small, count)
-            names = list(side_by_side)
+            names = ["service", *peers]
             measured = {name: measure_server(side_by_side[name], small, count, levels, per_client, lone[name])
                         for name in names[turn % len(names):] + names[:turn % len(names)]}
+            measured["stack"] = measure_server(side_by_side["stack"], small, count, (8,), per_client, lone["stack"])
         run["service"] = measured["service"]
         run["peers"] = {name: measured[name] for name in peers}
+        run["stack"] = measured["stack"]
         run["service"]["phases_ms"] = startup_phases(served.log)
         run["service"]["cold_start_download_ms"] = downloading.first_answer_ms
         run["service"]["phases_download_ms"] = startup_phases(downloading.log)
@@ -566,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bundle_size:
         result["bundle_mb"] = bundle_size(work)
     result["ratios"] = ratios(result)
+    result["bounds"] = bounds(result)
     result["cost_per_million"] = cost(result)
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                          "platform": platform.platform(), "processor": cpu_model(),
@@ -639,6 +679,31 @@ def ratios(result: dict) -> dict:
     return found
 
 
+def bounds(result: dict) -> dict:
+    """The best value a server on this machine and server stack could reach, from figures of this
+    run, for the ratios that hold a served request against work done in process, or a start
+    against one that imports less. Any such server does each image's work at best as the floor's
+    loops do, pays the stack's p50 and CPU per request (the stack peer's) and the load client's
+    CPU on the same CPUs, and, when it reads a catalog with the official client, that client's
+    import on its start's critical path (on 2 vCPUs a second process or thread doing it did not
+    shorten the start: docs/performance.md). The int8 bound also supposes that decoding and
+    preprocessing cost nothing."""
+    stack, forward, floor = result["stack"], result["lone_forward_ms"], result["floor"]
+    found = {"int8_p50_vs_fp32": round((stack["p50_ms"] + forward["int8"]) / (stack["p50_ms"] + forward["fp32"]), 3)}
+    per_request = stack["cpu_ms_per_image"] + stack["client_cpu_ms_per_request"]
+    for precision, measured in floor.items():
+        work = measured["cpus"] * 1000 / measured["images_per_s"]  # CPU ms per image in the floor's loops
+        found[f"throughput_8_vs_floor_{precision}"] = round(work / (work + per_request), 3)
+    # nor, at any number of clients, more images/s than the floor's at that bound
+    most = found["throughput_8_vs_floor_fp32"] * floor["fp32"]["images_per_s"]
+    for clients in [c for c in result["service"]["images_per_s_by_clients"] if c != 1]:
+        best_peer = max(peer["images_per_s_by_clients"][clients] for peer in result["peers"].values())
+        found[f"throughput_{clients}_vs_best_peer"] = round(most / best_peer, 3)
+    minimal = result["peers"]["functions_framework_onnx"]["cold_start_ms"]
+    found["cold_start_vs_minimal_function"] = round((minimal + result["storage_import_ms"]) / minimal, 3)
+    return found
+
+
 def cost(result: dict) -> dict:
     """Dollars per million classifications at Cloud Run's request-based price, from measured CPU time.
 
@@ -662,9 +727,10 @@ def print_table(result: dict) -> None:
     served, torch, peers = result["service"], result["torch"], result["peers"]
     print(f"machine: {machine['cpus']} CPUs, {machine['processor']}, Python {machine['python']}, "
           f"{machine['platform']}; medians of {machine['repeats']} rounds")
-    print(f"\n{'ratio (this run)':<44} {'found':>7}  target")
+    print(f"\n{'ratio (this run)':<44} {'found':>7} {'bound':>7}  target   (bound: the best any server on this stack "
+          "and machine could reach)")
     for name, value in found.items():
-        print(f"{name:<44} {value!s:>7}  {TARGETS.get(name, '')}")
+        print(f"{name:<44} {value!s:>7} {result['bounds'].get(name, '')!s:>7}  {TARGETS.get(name, '')}")
     print("\nside by side (cold ms, p50 ms at 1 client, img/s at 1 / 8 / 16 clients, CPU ms per image):")
     twin = result["by_model"].get(f"{MODELS[0]}_int8")
     int8_row = {"cold_start_ms": "-", "p50_ms": twin["p50_ms"], "cpu_ms_per_image": twin["cpu_ms_per_image"],
@@ -690,6 +756,10 @@ def print_table(result: dict) -> None:
           f"by batch {local['images_per_s_by_batch']} img/s")
     print(f"throughput by clients: {served['images_per_s_by_clients']}; 12 MP JPEG p50 {served['12mp_p50_ms']} ms; "
           f"the load client's own CPU {served['client_cpu_ms_per_request']} ms per request")
+    stack = result["stack"]
+    print(f"the server stack alone (no model): p50 {stack['p50_ms']} ms, CPU {stack['cpu_ms_per_image']} ms per "
+          f"request (the client's {stack['client_cpu_ms_per_request']}); a lone forward in process "
+          f"{result['lone_forward_ms']} ms; importing the storage client {result['storage_import_ms']} ms")
     if "memory" in result:
         print("memory (MB):", json.dumps(result["memory"]))
     print("fidelity against the torch engine:", result["fidelity"])
