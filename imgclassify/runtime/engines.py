@@ -12,12 +12,14 @@ Nothing outside this module knows which engine runs a model: :func:`engine_for` 
 from the manifest's artifacts, the engines installed here and the ``ENGINE`` setting, and the
 caller gets back an :class:`Engine` and then a :class:`Network`.
 
-Threads: a forward that starts while no other runs in this process gets every core
-(``ENGINE_THREADS``, by default one per CPU): a lone request answers in about 0.6 of the time
-of one thread. A forward that starts beside another gets one thread: the cores are busy with
-requests already, and pool threads would only wait on each other. ONNX Runtime fixes a
-session's threads when it is built, so an ONNX model is served by two sessions, one of each
-kind, over one copy of its optimised weights (:class:`OnnxRuntimeNetwork`).
+Threads: a forward that starts while no other runs in this process, within a few tens of
+milliseconds of the last one's end, gets every core (``ENGINE_THREADS``, by default one per
+CPU): a lone request answers in about 0.6 of the time of one thread. A forward that starts
+beside another gets one thread: the cores are busy with requests already, and pool threads
+would only wait on each other. So does one after idle: pool threads that have slept a while
+wake too slowly to gain anything. ONNX Runtime fixes a session's threads when it is built, so
+an ONNX model is served by two sessions, one of each kind, over one copy of its optimised
+weights (:class:`OnnxRuntimeNetwork`).
 
 Fork safety: functions-framework imports the function in gunicorn's parent process and forks
 the worker after. A runtime's thread pool does not survive a fork (ONNX Runtime silently runs
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -52,6 +55,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ENGINE = Settings.engine
 MIGRATE_COMMAND = "python -m imgclassify.publish migrate"
+# A lone forward of one or two images runs wide only if the last forward ended at most this long
+# ago: on a 2-vCPU guest one on pool threads that had slept 40 ms or more was no faster than on
+# one thread (Lite0 12.0-13.95 against 11.0-11.45 ms served; its int8 twin 8.55-10.45 against
+# 5.8-6.3), for more CPU (docs/performance.md, "A lone forward after idle").
+FOLLOWING_SECONDS = 0.03
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class EngineOptions:
     # Each session keeps its activations' memory between forwards (ONNX Runtime's arena): for a
     # process that runs one model in large batches (the batch job, training); see session_options.
     memory_arena: bool = False
+    # A lone forward runs on every thread only if the last forward ended at most this long ago.
+    following_seconds: float = FOLLOWING_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -75,8 +85,11 @@ class EngineOptions:
     def for_batches(self) -> EngineOptions:
         """These options for one model run in large batches beside threads that prepare the next (the
         batch job): each session keeps an arena, and a lone forward's threads never spin, which would
-        take the preparing threads' CPU (one task, 384 images: 111.8 against 115.0 images/s)."""
-        return replace(self, memory_arena=True, spin=False)
+        take the preparing threads' CPU (one task, 384 images: 111.8 against 115.0 images/s). A lone
+        forward runs on every thread however long since the last: a batch's forward is long enough
+        to pay for waking the pool (batches of 16 prepared on the forward's own thread: 95-98
+        images/s against 65-72 on one thread after each pause)."""
+        return replace(self, memory_arena=True, spin=False, following_seconds=math.inf)
 
     def intra_op_threads(self) -> int:
         """The threads of a forward that runs alone."""
@@ -159,11 +172,13 @@ IMAGES_PER_FORWARD_WITHOUT_ARENA = 2
 
 class OnnxRuntimeNetwork(Network):
     """A graph served by a ``wide`` session (a lone forward's threads) and a ``narrow`` one (one
-    thread); each forward takes the one :data:`FORWARDS` says fits. With one thread to give,
-    both are the same session. ``weights`` keeps alive the arrays the two sessions share."""
+    thread); each forward takes the one :data:`FORWARDS` says fits (a lone forward the wide one
+    only within ``following_seconds`` of the last forward's end). With one thread to give, both
+    are the same session. ``weights`` keeps alive the arrays the two sessions share."""
 
-    def __init__(self, narrow, wide=None, weights: tuple = ()) -> None:
+    def __init__(self, narrow, wide=None, weights: tuple = (), following_seconds: float = FOLLOWING_SECONDS) -> None:
         self.narrow, self.wide, self._weights = narrow, wide or narrow, weights
+        self.following_seconds = following_seconds
         self.images_per_forward = (None if narrow.get_session_options().enable_cpu_mem_arena
                                    else IMAGES_PER_FORWARD_WITHOUT_ARENA)
         self.input_name = narrow.get_inputs()[0].name
@@ -186,7 +201,8 @@ class OnnxRuntimeNetwork(Network):
                                for start in range(0, len(batch), step)])
 
     def _forward(self, output: str, batch: np.ndarray) -> np.ndarray:
-        session = self.wide if FORWARDS.enter(quiet_for=QUIET_SECONDS) else self.narrow
+        session = (self.wide if FORWARDS.enter(quiet_for=QUIET_SECONDS, following_within=self.following_seconds)
+                   else self.narrow)
         try:
             return session.run([output], {self.input_name: batch})[0]
         finally:
@@ -346,7 +362,8 @@ class OnnxRuntimeEngine(Engine):
         try:
             if optimised.tensors is None:  # 8-bit weights, or a type numpy cannot hold: sessions of their own
                 return OnnxRuntimeNetwork(first or self._session(data, self.session_options(1)),
-                                          self._session(data, self.session_options(threads)))
+                                          self._session(data, self.session_options(threads)),
+                                          following_seconds=self.options.following_seconds)
             del first
             shared = [(name, onnxruntime.OrtValue.ortvalue_from_numpy(array)) for name, array in optimised.tensors]
             sessions = []
@@ -361,7 +378,8 @@ class OnnxRuntimeEngine(Engine):
                 sessions.append(self._session(optimised.graph_path, options))
         finally:
             optimised.discard()
-        return OnnxRuntimeNetwork(*sessions, weights=(optimised.blob, shared))
+        return OnnxRuntimeNetwork(*sessions, weights=(optimised.blob, shared),
+                                  following_seconds=self.options.following_seconds)
 
 
 @dataclass

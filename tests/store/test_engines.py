@@ -334,9 +334,9 @@ def test_without_an_arena_a_batch_runs_a_few_images_per_forward_with_the_same_an
     batch = np.random.default_rng(0).random((5, 3, 8, 8), dtype=np.float32)
     expected = network.wide.run(None, {network.input_name: batch})[0]  # all five in one forward
     sizes = []
-    run = network.wide.run
-    monkeypatch.setattr(network.wide, "run", lambda outputs, feeds: sizes.append(len(feeds[network.input_name]))
-                        or run(outputs, feeds))
+    for session in (network.narrow, network.wide):  # which one runs a forward is the thread policy's
+        monkeypatch.setattr(session, "run", lambda outputs, feeds, run=session.run:
+                            sizes.append(len(feeds[network.input_name])) or run(outputs, feeds))
 
     rows = network.run(batch)
 
@@ -344,22 +344,54 @@ def test_without_an_arena_a_batch_runs_a_few_images_per_forward_with_the_same_an
     np.testing.assert_allclose(rows, expected, rtol=0, atol=1e-6)
 
 
-def test_a_forward_that_starts_beside_another_runs_on_the_one_thread_session(store, monkeypatch):
+def record_sessions(network, monkeypatch, images: int) -> tuple[list, list[float]]:
+    """The sessions ``network``'s forwards run on, in order (each answers ``images`` rows of 40
+    zeros), and the clock the thread policy reads, from 1000 s."""
+    from imgclassify import inflight
+    from imgclassify.runtime import engines
+
+    used = []
+    for session in (network.narrow, network.wide):
+        monkeypatch.setattr(session, "run",
+                            lambda outputs, feeds, s=session: used.append(s) or [np.zeros((images, 40))])
+    monkeypatch.setattr(engines, "FORWARDS", InFlight())
+    now = [1000.0]
+    monkeypatch.setattr(inflight.time, "monotonic", lambda: now[0])
+    return used, now
+
+
+def test_a_forward_that_follows_another_runs_wide_and_one_beside_another_or_after_idle_narrow(store, monkeypatch):
     from imgclassify.runtime import engines
 
     network = OnnxRuntimeEngine(EngineOptions(threads=2)).build(publish_graph(store, colour_classifier(40)),
                                                                 serialized(colour_classifier(40)))
-    used = []
-    for session in (network.narrow, network.wide):
-        monkeypatch.setattr(session, "run", lambda outputs, feeds, s=session: used.append(s) or [np.zeros((1, 40))])
-    monkeypatch.setattr(engines, "FORWARDS", InFlight())
+    used, now = record_sessions(network, monkeypatch, 1)
     batch = np.zeros((1, 3, 8, 8), dtype=np.float32)
 
+    network.run(batch)  # the first: its pool has never run
+    now[0] += engines.FOLLOWING_SECONDS
+    network.run(batch)
+    now[0] += engines.FOLLOWING_SECONDS + 0.001
+    network.run(batch)  # after idle
     network.run(batch)
     engines.FORWARDS.enter()
+    network.run(batch)  # beside another
+
+    assert used == [network.narrow, network.wide, network.narrow, network.wide, network.narrow]
+    assert engines.FORWARDS.running == 1
+
+
+def test_a_batch_forward_runs_wide_however_long_since_the_last(store, monkeypatch):
+    network = OnnxRuntimeEngine(EngineOptions(threads=2).for_batches()).build(
+        publish_graph(store, colour_classifier(40)), serialized(colour_classifier(40)))
+    used, now = record_sessions(network, monkeypatch, 16)
+    batch = np.zeros((16, 3, 8, 8), dtype=np.float32)
+
+    network.run(batch)
+    now[0] += 60
     network.run(batch)
 
-    assert used == [network.wide, network.narrow] and engines.FORWARDS.running == 1
+    assert used == [network.wide, network.wide]
 
 
 def test_a_forward_the_runtime_fails_is_no_longer_counted(store, monkeypatch):
@@ -367,7 +399,8 @@ def test_a_forward_the_runtime_fails_is_no_longer_counted(store, monkeypatch):
 
     network = OnnxRuntimeEngine(EngineOptions(threads=2)).build(publish_graph(store, colour_classifier(40)),
                                                                 serialized(colour_classifier(40)))
-    monkeypatch.setattr(network.wide, "run", lambda outputs, feeds: 1 / 0)
+    for session in (network.narrow, network.wide):
+        monkeypatch.setattr(session, "run", lambda outputs, feeds: 1 / 0)
     monkeypatch.setattr(engines, "FORWARDS", InFlight())
 
     with pytest.raises(ZeroDivisionError):

@@ -42,6 +42,24 @@ def test_after_an_overlap_a_lone_forward_waits_the_quiet_time_before_it_gets_eve
     assert (soon, later) == (False, True)
 
 
+def test_a_lone_forward_gets_every_core_only_while_forwards_follow_one_another(clock):
+    forwards = InFlight()
+    window = engines.FOLLOWING_SECONDS
+
+    first = forwards.enter(following_within=window)  # none has ended yet: the pool has never run
+    clock[0] += 0.05
+    forwards.leave()
+    clock[0] += window
+    following = forwards.enter(following_within=window)
+    clock[0] += 0.05
+    forwards.leave()
+    clock[0] += window + 0.001
+    after_idle = forwards.enter(following_within=window)
+    forwards.leave()
+
+    assert (first, following, after_idle) == (False, True, False)
+
+
 def test_the_last_to_leave_says_whether_the_overlaps_have_been_over_for_the_quiet_time(clock):
     requests = InFlight()
     requests.enter(), requests.enter()
