@@ -141,14 +141,20 @@ def lone_forward(bucket: str, name: str, image: bytes, count: int) -> float:
     """The median forward (ms) of one photo, alone, as the service runs a lone request's: on every CPU."""
     model = open_model(bucket, name, threads=0)
     prepared = model.prepare(image, max_pixels=10**8)
-    for _ in range(20):  # a new two-thread session's first forwards are slower (9.2 against 7.3 ms over 8)
-        model.outputs([prepared])
+    # a new two-thread session's first forwards are slower (9.2 against 7.3 ms over 8)
+    return median(timings_ms(lambda: model.outputs([prepared]), count, warm=20))
+
+
+def timings_ms(call, count: int, warm: int) -> list[float]:
+    """The wall time of ``count`` calls of ``call`` (ms), after ``warm`` calls not timed."""
+    for _ in range(warm):
+        call()
     timings = []
     for _ in range(count):
         started = time.perf_counter()
-        model.outputs([prepared])
+        call()
         timings.append((time.perf_counter() - started) * 1000)
-    return median(timings)
+    return timings
 
 
 def storage_import_ms(repeats: int = 5) -> float:
@@ -203,14 +209,7 @@ def request_profile(model, image: bytes, count: int, env: dict) -> dict:
     answer = json.loads(response.get_data())
     result = {}
     for name, part in parts.items():
-        for _ in range(3):
-            part()
-        timings = []
-        for _ in range(count):
-            started = time.perf_counter()
-            part()
-            timings.append((time.perf_counter() - started) * 1000)
-        result[name] = round(statistics.median(timings), 3)
+        result[name] = round(statistics.median(timings_ms(part, count, warm=3)), 3)
     return result
 
 
