@@ -684,18 +684,14 @@ def bounds(result: dict) -> dict:
     does each image's work at best as the floor's loops do, and pays the stack's p50 and CPU per
     request (the stack peer's) and the load client's CPU on the same CPUs. The int8 bound also
     supposes that decoding and preprocessing cost nothing. Each bound carries its figures' noise.
-    The int8 twin's images/s against fp32's supposes each precision's work done as the floor's
-    loops do it, beside the same cost per request: that fixed cost is what dilutes the twin's
-    faster forward. (No bound for the cold start: a start can overlap work with the storage
-    client's import, and run P measured one shorter than the minimal function's plus that import.)"""
+    (No bound for the cold start: a start can overlap work with the storage client's import, and
+    run P measured one shorter than the minimal function's plus that import.)"""
     stack, forward, floor = result["stack"], result["lone_forward_ms"], result["floor"]
     found = {"int8_p50_vs_fp32": round((stack["p50_ms"] + forward["int8"]) / (stack["p50_ms"] + forward["fp32"]), 3)}
     per_request = stack["cpu_ms_per_image"] + stack["client_cpu_ms_per_request"]
-    # CPU ms per image in the floor's loops
-    work = {precision: measured["cpus"] * 1000 / measured["images_per_s"] for precision, measured in floor.items()}
-    for precision, taken in work.items():
-        found[f"throughput_8_vs_floor_{precision}"] = round(taken / (taken + per_request), 3)
-    found["int8_throughput_8_vs_fp32"] = round((work["fp32"] + per_request) / (work["int8"] + per_request), 3)
+    for precision, measured in floor.items():
+        work = measured["cpus"] * 1000 / measured["images_per_s"]  # CPU ms per image in the floor's loops
+        found[f"throughput_8_vs_floor_{precision}"] = round(work / (work + per_request), 3)
     # nor, at any number of clients, more images/s than the floor's at that bound
     most = found["throughput_8_vs_floor_fp32"] * floor["fp32"]["images_per_s"]
     for clients in [c for c in result["service"]["images_per_s_by_clients"] if c != 1]:
