@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"largest imports, {name}:", ", ".join(f"{module} {ms:.0f}" for module, ms in found))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    shutil.rmtree(work)  # the servers' logs: kept only when a start fails (its error names the log)
     return 0
 
 
