@@ -11,6 +11,7 @@ from types import ModuleType
 from imgclassify.logs import configure_logging
 from imgclassify.memory import freeze_collected_objects_at_fork, tune_malloc
 from imgclassify.settings import Settings
+from imgclassify.store.read_ahead import ReadAhead
 
 from .http import HttpApp
 from .routes import FUNCTIONS
@@ -29,12 +30,16 @@ def process_age_ms() -> float | None:
 
 
 # Each function's app module, imported only by that function (list_models never imports the
-# runtime). Each module has ``build(settings) -> HttpApp`` and ``warm(app, settings) -> phases``,
-# the start-up work of an instance before it serves (classify: the preload before the fork).
+# runtime). Each module has ``build(settings) -> HttpApp`` and ``warm(app, settings, read_ahead)
+# -> phases``, the start-up work of an instance before it serves (classify: the preload before
+# the fork).
 APP_MODULES = {
     "classify": "imgclassify.serving.classify_app",
     "list_models": "imgclassify.serving.list_models_app",
 }
+# The functions whose start-up reads the bucket (classify's preload): a process forked before their
+# app's imports makes those reads meanwhile, where it can (imgclassify.store.read_ahead).
+READ_AT_START = frozenset({"classify"})
 
 
 def app_module(function: str) -> ModuleType:
@@ -56,10 +61,11 @@ def create_http_app(function: str, settings: Settings | None = None) -> HttpApp:
     tune_malloc()
     freeze_collected_objects_at_fork()
     settings = settings or Settings.from_env()
+    read_ahead = ReadAhead.start(settings) if function in READ_AT_START else None
     module = app_module(function)
     app = module.build(settings)
     phases = {"python_and_imports": process_age_ms()}
-    phases.update(module.warm(app, settings))
+    phases.update(module.warm(app, settings, read_ahead))
     phases["create_app"] = round((time.perf_counter() - started) * 1000, 1)
     phases["process_age"] = process_age_ms()
     log.info("%s ready (store %s)", function, settings.model_store,

@@ -17,6 +17,8 @@ from imgclassify.runtime.engines import EngineOptions, import_preferred_runtime
 from imgclassify.runtime.models import LoadedModel, PreparedAhead, prepare_snapshot
 from imgclassify.runtime.registry import ModelRegistry
 from imgclassify.settings import Settings
+from imgclassify.store.objects import ObjectStore
+from imgclassify.store.read_ahead import ReadAhead
 
 from .http import HttpApp, json_response
 from .request_parsing import parse_classify_request, parse_normalize
@@ -25,6 +27,11 @@ from .service import ClassifyService
 
 log = logging.getLogger(__name__)
 
+# A forked worker connects its store (imports the storage client) once it has answered a request,
+# or after this long without one: the import holds the GIL for most of its 170-190 ms, and beside
+# the first request it made that request 15-35 ms slower.
+CONNECT_LATEST_SECONDS = 5.0
+
 
 class ClassifyApp(HttpApp):
     function = "classify"
@@ -32,6 +39,7 @@ class ClassifyApp(HttpApp):
     def __init__(self, service: ClassifyService) -> None:
         super().__init__(service.settings)
         self.service = service
+        self.answered = threading.Event()  # set once this process has answered a request
 
     def handle(self, route: Route, params: dict[str, str], request: Request, context: dict) -> Response:
         settings = self.settings
@@ -47,6 +55,7 @@ class ClassifyApp(HttpApp):
             result = operation(parsed)
         context.update(model=result["model"]["name"], version=result["model"]["version"],
                        cold=result["cold_start"], images=len(parsed.images))
+        self.answered.set()
         return json_response(result)
 
 
@@ -55,11 +64,12 @@ def build(settings: Settings) -> ClassifyApp:
     return ClassifyApp(ClassifyService.from_settings(settings))
 
 
-def warm(app: ClassifyApp, settings: Settings) -> dict[str, float]:
-    """Start-up before serving: the default model's preload, or at least what every request uses."""
+def warm(app: ClassifyApp, settings: Settings, read_ahead: ReadAhead | None = None) -> dict[str, float]:
+    """Start-up before serving: the default model's preload, or at least what every request uses.
+    ``read_ahead``: the preload's reads of the bucket, started before the app's imports."""
     registry = app.service.registry
     if settings.preload_default_model:
-        return preload_before_fork(registry)
+        return preload_before_fork(registry, read_ahead, app.answered)
     import_request_path(registry.engine_options)
     return {}
 
@@ -71,22 +81,25 @@ def import_request_path(options: EngineOptions) -> None:
     register_decoders()
 
 
-def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
+def preload_before_fork(registry: ModelRegistry, read_ahead: ReadAhead | None = None,
+                        answered: threading.Event | None = None) -> dict[str, float]:
     """Fetch, verify and check the default model now, while the module is imported.
 
     functions-framework imports this module in gunicorn's parent process and then forks
     the worker. A runtime's thread pool does not survive a fork, so the parent stops short
     of building the network: the worker builds it right after the fork, on a thread of its
-    own (:func:`build_after_fork`), while gunicorn starts serving. Meanwhile two threads
-    overlap the catalog read (the storage client's import, then the network): one imports
-    what requests use (:func:`import_request_path`); on the other the bundle's model
-    snapshot, if any, is read and hashed and its engine does the part of the build that
-    starts no thread (ONNX Runtime's optimisation:
-    :func:`~imgclassify.runtime.models.prepare_snapshot`). Both are joined before
+    own (:func:`get_ready_after_fork`), while gunicorn starts serving. Meanwhile two threads
+    overlap the catalog read (the storage client's import, then the network; with
+    ``read_ahead``, the wait for the process that made the reads since before the app's imports,
+    :mod:`imgclassify.store.read_ahead`): one imports what requests use
+    (:func:`import_request_path`); on the other the bundle's model snapshot, if any, is read
+    and hashed and its engine does the part of the build that starts no thread (ONNX Runtime's
+    optimisation: :func:`~imgclassify.runtime.models.prepare_snapshot`). Both are joined before
     this returns, because no thread may cross the fork. The snapshot serves only if it matches
     the catalog's default (:mod:`imgclassify.store.snapshot`). A storage error (a permission
     still propagating, an outage) is logged and the instance starts anyway: the first request
-    that needs the model loads it. Returns each phase's time in milliseconds.
+    that needs the model loads it. ``answered`` tells the worker when to connect its store (see
+    :func:`get_ready_after_fork`). Returns each phase's time in milliseconds.
     """
     phases: dict[str, float] = {}
     started = time.perf_counter()
@@ -105,6 +118,8 @@ def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
         helper.start()
     model = None
     try:
+        if read_ahead is not None:
+            phases["read_ahead_wait"] = read_ahead.hand_to(registry.store)
         registry.catalog_view.catalog()
     except Exception as error:  # noqa: BLE001 - start-up must not die; requests will retry
         log.warning("could not read the catalog at start-up (%s); models load on first use", error)
@@ -125,33 +140,44 @@ def preload_before_fork(registry: ModelRegistry) -> dict[str, float]:
                 prepared.discard()
     if model is not None:
         phases.update(model.load_ms)
-        # A weak reference: the hooks outlive the fork, and the worker's cache may evict the model
-        # later; a strong one kept its network (tens of MB) alive in the worker for good.
-        preloaded = weakref.ref(model)
+    # A weak reference: the hooks outlive the fork, and the worker's cache may evict the model
+    # later; a strong one kept its network (tens of MB) alive in the worker for good.
+    preloaded = weakref.ref(model) if model is not None else lambda: None
+    store = registry.store
 
-        def in_child() -> None:
-            if (alive := preloaded()) is not None:
-                build_after_fork(alive)
+    def in_child() -> None:
+        get_ready_after_fork(preloaded(), store, answered)
 
-        def in_parent() -> None:
-            if (alive := preloaded()) is not None:
-                alive.forget_prepared()  # the worker's build deletes its files
+    def in_parent() -> None:
+        if (alive := preloaded()) is not None:
+            alive.forget_prepared()  # the worker's build deletes its files
 
-        os.register_at_fork(after_in_child=in_child, after_in_parent=in_parent)
+    os.register_at_fork(after_in_child=in_child, after_in_parent=in_parent)
     return phases
 
 
-def build_after_fork(model: LoadedModel) -> threading.Thread:
-    """Build ``model``'s network on a thread of this (new) process; requests that need it wait."""
-    def build() -> None:
+def get_ready_after_fork(model: LoadedModel | None, store: ObjectStore,
+                         answered: threading.Event | None = None) -> threading.Thread:
+    """On a thread of this (new) process, build ``model``'s network (requests that need it wait),
+    then, once ``answered`` is set (at most :data:`CONNECT_LATEST_SECONDS` later), connect ``store``:
+    its client library, which a read ahead spared the parent, is imported then rather than by a
+    request (the first catalog refresh, or a model not loaded yet)."""
+    def get_ready() -> None:
+        if model is not None:
+            try:
+                model.network()
+            except Exception as error:  # noqa: BLE001 - the first request will report it
+                log.warning("could not build %s@%s after the fork: %s", *model.key, error)
+            else:
+                log.info("built %s@%s in the worker", *model.key,
+                         extra={"fields": {"build_ms": model.load_ms, "pid": os.getpid()}})
+        if answered is not None:
+            answered.wait(CONNECT_LATEST_SECONDS)
         try:
-            model.network()
-        except Exception as error:  # noqa: BLE001 - the first request will report it
-            log.warning("could not build %s@%s after the fork: %s", *model.key, error)
-            return
-        log.info("built %s@%s in the worker", *model.key,
-                 extra={"fields": {"build_ms": model.load_ms, "pid": os.getpid()}})
+            store.connect()
+        except Exception as error:  # noqa: BLE001 - the first read will report it
+            log.warning("could not connect to %s after the fork: %s", store.uri, error)
 
-    thread = threading.Thread(target=build, name="build-after-fork", daemon=True)
+    thread = threading.Thread(target=get_ready, name="ready-after-fork", daemon=True)
     thread.start()
     return thread

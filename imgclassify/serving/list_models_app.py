@@ -11,6 +11,7 @@ import hashlib
 from werkzeug.wrappers import Request, Response
 
 from imgclassify.settings import Settings
+from imgclassify.store.read_ahead import ReadAhead
 
 from .contract import openapi_document
 from .http import HttpApp, json_response
@@ -44,6 +45,7 @@ def build(settings: Settings) -> ListModelsApp:
     return ListModelsApp(ModelListing.from_settings(settings), settings)
 
 
-def warm(app: ListModelsApp, settings: Settings) -> dict[str, float]:
-    """Nothing to do before serving: the first request reads the catalog."""
+def warm(app: ListModelsApp, settings: Settings, read_ahead: ReadAhead | None = None) -> dict[str, float]:
+    """Nothing to do before serving: the first request reads the catalog (no read ahead is started
+    for this function)."""
     return {}

@@ -125,6 +125,10 @@ class ObjectStore(ABC):
         """Read a possibly large object, in parallel where the backend can."""
         return self.read(name).data
 
+    def connect(self) -> None:  # noqa: B027 - most stores have nothing to do
+        """Get ready for the first read, so that no request waits for it (a GcsStore imports its
+        client library and creates its client)."""
+
     def read_limited(self, name: str, max_bytes: int) -> bytes:
         """The object's bytes; ObjectNotFound if missing, PayloadTooLarge (413) beyond ``max_bytes``,
         refused here before its bytes are read (a store may read up to ``max_bytes`` + 1 first)."""
@@ -296,6 +300,17 @@ class GcsStore(ObjectStore):
         self.retry_seconds = retry_seconds
         self.slice_bytes = slice_bytes
         self.workers = workers
+        self._seeded: dict[str, StoredObject | Exception] = {}
+
+    def seed(self, answers: dict[str, StoredObject | Exception]) -> None:
+        """Answer the next read of each name in ``answers`` with its object, or raise its error: what
+        the bucket answered a moment ago to a process forked at the start (:mod:`.read_ahead`), which
+        imported the client library so that this one did not have to yet."""
+        self._seeded.update(answers)
+
+    def connect(self) -> None:
+        _storage_client()
+        self.retry  # noqa: B018 - the retry's module, imported now rather than by the first read
 
     @functools.cached_property
     def retry(self):
@@ -319,6 +334,10 @@ class GcsStore(ObjectStore):
         return f"the bucket gs://{self.bucket_name} does not exist"
 
     def read(self, name: str) -> StoredObject:
+        if (seeded := self._seeded.pop(name, None)) is not None:
+            if isinstance(seeded, Exception):
+                raise seeded
+            return seeded
         blob = self._blob(name)
         with _translated_errors(self._uri(name)):
             data = blob.download_as_bytes(retry=self.retry, timeout=self.timeout)

@@ -348,6 +348,8 @@ def test_a_classify_bundle_built_from_a_store_starts_from_its_snapshot_until_the
     # ONNX Runtime optimised the snapshot's graph beside the catalog read, before the fork; the
     # worker's build used it and deleted its files
     assert "prepared_ahead" in ready["startup_ms"] and first_left == []
+    # a process forked before the app's imports made the catalog and manifest reads
+    assert ready["startup_ms"]["read_ahead_wait"] > 0
 
     assert moved_on.status_code == 200, moved_on.text
     assert moved_on.json()["model"]["version"] == "2"
@@ -357,3 +359,4 @@ def test_a_classify_bundle_built_from_a_store_starts_from_its_snapshot_until_the
     ready = next(entry for entry in second_log if entry["message"].startswith("classify ready"))
     assert "download" in ready["startup_ms"] and "snapshot" not in ready["startup_ms"]
     assert "prepared_ahead" not in ready["startup_ms"] and second_left == []  # prepared for 1, discarded
+    assert ready["startup_ms"]["read_ahead_wait"] > 0  # its reads named tiny@2, which then downloaded
