@@ -131,6 +131,8 @@ def preload_before_fork(registry: ModelRegistry, read_ahead: ReadAhead | None = 
         phases["read_snapshot_wait"] = round((time.perf_counter() - started) * 1000, 1)
         model = registry.warm_up()
     finally:
+        if read_ahead is not None:
+            read_ahead.forget(registry.store)
         for helper in helpers:
             helper.join()  # joined before returning: no thread may cross the fork
         if registry.snapshot is not None:

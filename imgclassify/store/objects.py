@@ -305,8 +305,9 @@ class GcsStore(ObjectStore):
     def seed(self, answers: dict[str, StoredObject | Exception]) -> None:
         """Answer the next read of each name in ``answers`` with its object, or raise its error: what
         the bucket answered a moment ago to a process forked at the start (:mod:`.read_ahead`), which
-        imported the client library so that this one did not have to yet."""
-        self._seeded.update(answers)
+        imported the client library so that this one did not have to yet. Replaces the answers not
+        read yet: ``seed({})`` forgets them."""
+        self._seeded = dict(answers)
 
     def connect(self) -> None:
         _storage_client()

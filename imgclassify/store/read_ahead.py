@@ -125,6 +125,13 @@ class ReadAhead:
             log.warning("the start's read-ahead failed (%s); reading the bucket here", error)
             return {}
 
+    @staticmethod
+    def forget(store: ObjectStore) -> None:
+        """Drop the answers ``store`` was given and the start did not read: a manifest read at the start
+        must not answer a read minutes later."""
+        if isinstance(store, GcsStore):
+            store.seed({})
+
     def hand_to(self, store: ObjectStore) -> float:
         """Give ``store`` the answers (:meth:`GcsStore.seed`); return the milliseconds waited."""
         started = time.perf_counter()

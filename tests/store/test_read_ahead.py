@@ -19,7 +19,7 @@ from imgclassify.serving.bootstrap import build_app
 from imgclassify.settings import Settings
 from imgclassify.store.catalog import CATALOG_OBJECT, manifest_object, read_catalog
 from imgclassify.store.objects import GcsStore, LocalStore, ObjectStore, StoredObject
-from imgclassify.store.read_ahead import default_model_reads
+from imgclassify.store.read_ahead import ReadAhead, default_model_reads
 from imgclassify.store.snapshot import write_snapshot
 from tests.support.manifests import tiny_draft
 from tests.support.onnx_graphs import colour_classifier, serialized
@@ -67,6 +67,14 @@ def test_a_seeded_store_answers_each_seeded_read_once_then_reads_the_bucket(publ
 
     assert published.read(CATALOG_OBJECT) == seen  # what the bucket said before the publish
     assert read_catalog(published)[0].resolve("tiny", None) == "3"  # then the bucket itself
+
+
+def test_answers_the_start_did_not_read_are_forgotten(published):
+    published.seed({CATALOG_OBJECT: StoredObject(b"{}", 1), manifest_object("tiny", "2"): StoredObject(b"{}", 1)})
+    published.read(CATALOG_OBJECT)
+    ReadAhead.forget(published)
+
+    assert published.read(manifest_object("tiny", "2")).data != b"{}"  # the bucket's, not the seed's
 
 
 def test_a_seeded_error_is_raised_once(published):
