@@ -58,6 +58,10 @@ class StoredObject:
     generation: int
 
 
+# What a bucket answered to reads, by object name: the object, or the error the read raised.
+Answers = dict[str, StoredObject | Exception]
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     size: int
@@ -300,9 +304,9 @@ class GcsStore(ObjectStore):
         self.retry_seconds = retry_seconds
         self.slice_bytes = slice_bytes
         self.workers = workers
-        self._seeded: dict[str, StoredObject | Exception] = {}
+        self._seeded: Answers = {}
 
-    def seed(self, answers: dict[str, StoredObject | Exception]) -> None:
+    def seed(self, answers: Answers) -> None:
         """Answer the next read of each name in ``answers`` with its object, or raise its error: what
         the bucket answered a moment ago to a process forked at the start (:mod:`.read_ahead`), which
         imported the client library so that this one did not have to yet. Replaces the answers not

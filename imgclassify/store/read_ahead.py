@@ -31,13 +31,10 @@ from imgclassify.settings import Settings
 
 from .catalog import MANIFEST_FILENAME
 from .catalog_view import CatalogView
-from .objects import GcsStore, ObjectStore, StoredObject, open_store
+from .objects import Answers, GcsStore, ObjectStore, StoredObject, open_store
 from .snapshot import snapshot_directory
 
 log = logging.getLogger(__name__)
-
-# What the bucket answered to each read: the object, or the error the read raised.
-Answers = dict[str, StoredObject | Exception]
 
 
 class _Recording:
