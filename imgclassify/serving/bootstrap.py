@@ -32,10 +32,11 @@ def process_age_ms() -> float | None:
 def one_blas_thread() -> None:
     """Have numpy's OpenBLAS start no threads of its own, unless the environment says otherwise.
 
-    At its import OpenBLAS starts a thread for each CPU but the first, and they spin a while: on 2 vCPUs (Zen 4)
-    ``import numpy`` took 166-189 ms of CPU instead of 62-75, in a start that keeps both CPUs
-    busy until the fork. Nothing a function runs calls BLAS (ONNX Runtime has its own kernels and
-    threads). Must run before numpy's first import, which the function's app module makes.
+    At its import OpenBLAS starts a thread for each CPU but the first, and they spin a while: on 2
+    vCPUs (Zen 4) ``import numpy`` took 166-189 ms of CPU instead of 62-75, in a start that keeps
+    both CPUs busy until the fork. Nothing a function runs calls BLAS (ONNX Runtime has its own
+    kernels and threads). Must run before numpy's first import, which the function's app module
+    makes.
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

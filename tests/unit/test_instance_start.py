@@ -16,6 +16,8 @@ from imgclassify.store.snapshot import write_snapshot
 from tests.support.manifests import tiny_draft
 from tests.support.onnx_graphs import colour_classifier, serialized
 
+pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenBLAS starts no thread on one CPU")
+
 # A fresh interpreter: which threads a process runs is a fact about the whole process (pytest's has
 # its own), and numpy reads its BLAS settings once, at its first import.
 START = textwrap.dedent("""
@@ -47,9 +49,6 @@ def store_root(tmp_path):
     store = LocalStore(tmp_path / "store")
     publish(store, tiny_draft("1"), {"onnx": serialized(colour_classifier(3, seed=0))}, make_default=True)
     return tmp_path / "store"
-
-
-pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenBLAS starts no thread on one CPU")
 
 
 def test_a_started_classify_instance_runs_one_thread_numpy_starting_no_blas_threads(store_root):
